@@ -1,0 +1,371 @@
+"""The batched episode state shared by the single env (B = 1) and the native vector env.
+
+Keeping one implementation of the MDP is what makes ``gym.make`` envs, ``gym.make_vec`` in
+``"sync"`` mode and the native :class:`~textenv.vector.TextGenVectorEnv` agree: they only differ
+in how rows are reset and how results are packed.
+
+Per step the core does bookkeeping only (writes a token into preallocated arrays). The model
+work happens when rows finish: one teacher-forced reference forward and one reward-model call
+for *all* rows that finish on that step. Dense (``kl_reward="per_token"``) rewards and action
+masks need the reference's next-token distribution every step; then a KV-cached
+:class:`~textenv.sampling.IncrementalLM` runs over the batch instead, one token per row per step.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from textenv.kl import KL_ESTIMATORS, kl_estimate, make_kl_controller
+from textenv.models import load_frozen_causal_lm, load_tokenizer, resolve_dtype
+from textenv.prompts import Prompt, load_prompts
+from textenv.rewards import load_reward, score
+from textenv.sampling import IncrementalLM, SamplingConfig, next_token_logprobs, sequence_logprobs
+
+__all__ = ["EnvConfig", "EpisodeBatch", "Finished", "DEFAULT_PROMPTS", "KL_REWARD_MODES"]
+
+KL_REWARD_MODES = ("terminal", "per_token", "none")
+
+# Prompts of the built-in no-argument tiny env (the checkers and newcomers run it offline).
+DEFAULT_PROMPTS = [
+    "The weather today is",
+    "Once upon a time",
+    "My favourite food is",
+    "The best thing about Python is",
+    "In the morning I",
+    "This movie was",
+    "Our team decided to",
+    "The old house",
+    "A good friend",
+    "Yesterday the market",
+]
+
+
+@dataclass
+class EnvConfig:
+    """Every env kwarg, validated. All values are JSON-serialisable (except a prompt dataset)."""
+
+    reference: str = "tiny"
+    reward: str = "tiny-rm"
+    prompts: Any = field(default_factory=lambda: list(DEFAULT_PROMPTS))
+    gold: str | None = None
+    split: str = "train"
+    eval_fraction: float = 0.1
+    max_prompt_tokens: int = 8
+    max_new_tokens: int = 16
+    kl_coef: float = 0.05
+    kl_estimator: str = "k1"
+    kl_target: float | None = None
+    kl_horizon: float = 10_000.0
+    kl_reward: str = "terminal"
+    temperature: float = 1.0
+    missing_eos_penalty: float | None = None
+    action_mask_top_k: int = 0
+    action_mask_top_p: float = 1.0
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.kl_reward not in KL_REWARD_MODES:
+            raise ValueError(f"kl_reward must be one of {KL_REWARD_MODES}, got {self.kl_reward!r}")
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise ValueError(
+                f"kl_estimator must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}"
+            )
+        for name in ("max_prompt_tokens", "max_new_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.missing_eos_penalty is not None and not np.isfinite(self.missing_eos_penalty):
+            raise ValueError(f"missing_eos_penalty must be finite, got {self.missing_eos_penalty}")
+        SamplingConfig(1.0, self.action_mask_top_k, self.action_mask_top_p)  # validates ranges
+        resolve_dtype(self.dtype)
+
+    @property
+    def uses_action_mask(self) -> bool:
+        return self.action_mask_top_k > 0 or self.action_mask_top_p < 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Finished:
+    """Results for the rows that finished on one step (arrays over those rows)."""
+
+    rows: np.ndarray
+    rm_score: np.ndarray
+    gold_score: np.ndarray | None
+    kl: np.ndarray
+    kl_coef: float
+    ref_logprobs: np.ndarray  # (n, max_new_tokens), NaN padded
+    logprobs: np.ndarray  # (n, max_new_tokens) the log π used (ρ where the agent gave none)
+    text: list[str]
+    prompt: list[str]
+    num_tokens: np.ndarray
+    penalty: np.ndarray
+
+
+class EpisodeBatch:
+    """B episodes of the token-level RLHF MDP, advanced together."""
+
+    def __init__(self, config: EnvConfig, batch_size: int) -> None:
+        self.config = config
+        self.batch_size = batch_size
+        self.device = torch.device(config.device)
+        self.tokenizer = load_tokenizer(config.reference)
+        self.reference = load_frozen_causal_lm(config.reference, config.device, config.dtype)
+        self.reward_fn = load_reward(config.reward, config.device, config.dtype)
+        self.gold_fn = load_reward(config.gold, config.device) if config.gold else None
+        self.prompts: list[Prompt] = load_prompts(
+            config.prompts, config.split, eval_fraction=config.eval_fraction
+        )
+        self.controller = make_kl_controller(config.kl_coef, config.kl_target, config.kl_horizon)
+        self.vocab_size = int(self.reference.get_output_embeddings().weight.shape[0])
+        self.eos_id = int(self.tokenizer.eos_token_id)
+        self.pad_id = int(self.tokenizer.pad_token_id)
+        self.P, self.N = config.max_prompt_tokens, config.max_new_tokens
+        self.L = self.P + self.N
+        if self.L > getattr(self.reference.config, "n_positions", self.L):
+            raise ValueError(
+                f"max_prompt_tokens + max_new_tokens = {self.L} exceeds the reference model's "
+                f"{self.reference.config.n_positions} positions"
+            )
+        self.incremental = config.kl_reward == "per_token" or config.uses_action_mask
+        self._mask_sampling = SamplingConfig(
+            config.temperature, config.action_mask_top_k, config.action_mask_top_p
+        )
+        self._encoded: dict[str, list[int]] = {}
+        self.warned_no_logprob = False
+
+        B, P, N, L = batch_size, self.P, self.N, self.L
+        self.obs_ids = np.full((B, L), self.pad_id, dtype=np.int64)
+        self.obs_mask = np.zeros((B, L), dtype=np.int64)
+        self.n_gen = np.zeros(B, dtype=np.int64)
+        self.logp = np.full((B, N), np.nan)
+        self.step_ref = np.full((B, N), np.nan)
+        self.active = np.zeros(B, dtype=bool)  # started and not finished
+        self.row_prompt: list[Prompt | None] = [None] * B
+        self._ref_lm: IncrementalLM | None = None
+        self._ref_next: torch.Tensor | None = None  # (B, V) reference logits for the next token
+        self._ref_dirty = True
+        del P
+
+    # ------------------------------------------------------------------ spaces
+
+    def observation_space(self) -> spaces.Dict:
+        V, L = self.vocab_size, self.L
+        return spaces.Dict(
+            {
+                "input_ids": spaces.Box(0, V - 1, (L,), dtype=np.int64),
+                "attention_mask": spaces.Box(0, 1, (L,), dtype=np.int64),
+            }
+        )
+
+    def action_space(self) -> spaces.Discrete:
+        return spaces.Discrete(self.vocab_size)
+
+    # ------------------------------------------------------------------ episodes
+
+    def resolve_prompt(self, prompt: Any) -> Prompt:
+        if isinstance(prompt, Prompt):
+            return prompt
+        if isinstance(prompt, str):
+            return Prompt(prompt)
+        if isinstance(prompt, dict) and isinstance(prompt.get("prompt"), str):
+            return Prompt(prompt["prompt"], {k: v for k, v in prompt.items() if k != "prompt"})
+        raise ValueError(f"a prompt must be a string or a {{'prompt': str}} dict, got {prompt!r}")
+
+    def _encode(self, prompt: Prompt) -> list[int]:
+        ids = self._encoded.get(prompt.text)
+        if ids is None:
+            ids = self.tokenizer(prompt.text, add_special_tokens=False)["input_ids"]
+            if not ids:  # an empty prompt still needs one token to condition on
+                ids = [self.eos_id]
+            ids = ids[-self.P :]  # left-truncate: keep the end, next to the completion
+            if len(self._encoded) < 100_000:
+                self._encoded[prompt.text] = ids
+        return ids
+
+    def start(self, rows: np.ndarray, prompts: list[Prompt]) -> None:
+        """Begin new episodes on ``rows`` with the given prompts."""
+        for row, prompt in zip(rows, prompts):
+            ids = self._encode(prompt)
+            self.obs_ids[row] = self.pad_id
+            self.obs_mask[row] = 0
+            self.obs_ids[row, self.P - len(ids) : self.P] = ids
+            self.obs_mask[row, self.P - len(ids) : self.P] = 1
+            self.row_prompt[row] = prompt
+        self.n_gen[rows] = 0
+        self.logp[rows] = np.nan
+        self.step_ref[rows] = np.nan
+        self.active[rows] = True
+        self._ref_dirty = True
+
+    def observation(self, rows: np.ndarray | slice = slice(None)) -> dict[str, np.ndarray]:
+        return {
+            "input_ids": self.obs_ids[rows].copy(),
+            "attention_mask": self.obs_mask[rows].copy(),
+        }
+
+    # ------------------------------------------------------------------ reference, incremental
+
+    def _ref_logits(self) -> torch.Tensor:
+        """Reference logits (B, V) for each row's next token, via the KV-cached reference."""
+        if self._ref_dirty or self._ref_lm is None:
+            ids = torch.as_tensor(self.obs_ids, device=self.device)
+            mask = torch.as_tensor(self.obs_mask, device=self.device)
+            width = self.P + int(self.n_gen.max())
+            ids, mask = ids[:, :width], mask[:, :width]
+            lm = IncrementalLM(self.reference)
+            logits = lm.prefill(ids, mask, all_positions=True)
+            # Rows have different lengths: read each row's logits at its own last real token.
+            last = torch.as_tensor(self.P + self.n_gen - 1, device=self.device)
+            self._ref_next = logits[torch.arange(self.batch_size), last]
+            self._ref_lm = lm
+            self._ref_dirty = False
+        return self._ref_next
+
+    def action_masks(self) -> np.ndarray:
+        """(B, V) bool: tokens inside the reference's top-k / top-p set (NLPO-style masking)."""
+        if not self.config.uses_action_mask:
+            return np.ones((self.batch_size, self.vocab_size), dtype=bool)
+        logprobs = next_token_logprobs(self._ref_logits(), self._mask_sampling)
+        return torch.isfinite(logprobs).cpu().numpy()
+
+    # ------------------------------------------------------------------ stepping
+
+    def apply(
+        self, actions: np.ndarray, logprobs: np.ndarray, rows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Finished | None]:
+        """Append ``actions[rows]`` to those rows; returns rewards, terminated, truncated, finished.
+
+        ``logprobs`` holds log π of each action, NaN where the agent supplied none.
+        """
+        B = self.batch_size
+        rewards = np.zeros(B)
+        terminated = np.zeros(B, dtype=bool)
+        truncated = np.zeros(B, dtype=bool)
+        if len(rows) == 0:
+            return rewards, terminated, truncated, None
+        t = self.n_gen[rows]
+        tokens = actions[rows]
+        self.obs_ids[rows, self.P + t] = tokens
+        self.obs_mask[rows, self.P + t] = 1
+        self.logp[rows, t] = logprobs[rows]
+        if self.incremental:
+            ref_logits = self._ref_logits()
+            ref_lp = torch.log_softmax(ref_logits / self.config.temperature, dim=-1)
+            taken = torch.as_tensor(actions, device=self.device).clamp(0, self.vocab_size - 1)
+            step_ref = ref_lp.gather(-1, taken[:, None]).squeeze(-1).double().cpu().numpy()
+            self.step_ref[rows, t] = step_ref[rows]
+            step_mask = np.zeros(B, dtype=bool)
+            step_mask[rows] = True
+            self._ref_next = self._ref_lm.step(
+                torch.as_tensor(actions, device=self.device).clamp(0, self.vocab_size - 1),
+                torch.as_tensor(step_mask, device=self.device),
+            )
+            # Rows not stepped keep their pending logits.
+            self._ref_next = torch.where(
+                torch.as_tensor(step_mask, device=self.device)[:, None], self._ref_next, ref_logits
+            )
+            if self.config.kl_reward == "per_token":
+                lp = np.where(np.isnan(logprobs[rows]), step_ref[rows], logprobs[rows])
+                k = kl_estimate(lp, step_ref[rows], self.config.kl_estimator)
+                rewards[rows] = -self.controller.value * k
+        self.n_gen[rows] += 1
+        terminated[rows] = tokens == self.eos_id
+        truncated[rows] = (self.n_gen[rows] >= self.N) & ~terminated[rows]
+        done_rows = rows[terminated[rows] | truncated[rows]]
+        finished = None
+        if len(done_rows):
+            finished = self._finish(done_rows, truncated)
+            rewards[done_rows] += self._final_reward(finished)
+        return rewards, terminated, truncated, finished
+
+    def _finish(self, rows: np.ndarray, truncated: np.ndarray) -> Finished:
+        """Score all rows that finished on this step: one reference pass, one RM call."""
+        n_tok = self.n_gen[rows].copy()
+        width = int(n_tok.max())
+        if self.incremental:
+            ref = self.step_ref[rows].copy()
+        else:
+            gen = torch.as_tensor(self.obs_ids[rows, self.P : self.P + width], device=self.device)
+            gen_mask = torch.as_tensor(
+                self.obs_mask[rows, self.P : self.P + width], device=self.device
+            )
+            with torch.no_grad():
+                lp = sequence_logprobs(
+                    self.reference,
+                    torch.as_tensor(self.obs_ids[rows, : self.P], device=self.device),
+                    torch.as_tensor(self.obs_mask[rows, : self.P], device=self.device),
+                    gen,
+                    gen_mask,
+                    self.config.temperature,
+                )
+            ref = np.full((len(rows), self.N), np.nan)
+            ref[:, :width] = lp.double().cpu().numpy()
+            ref[:, :width][gen_mask.cpu().numpy() == 0] = np.nan
+        logp = self.logp[rows].copy()
+        logp = np.where(np.isnan(logp), ref, logp)  # no log π from the agent: KL term 0
+        k = kl_estimate(logp, ref, self.config.kl_estimator)
+        kl = np.nansum(k, axis=1)
+        prompts = [self.row_prompt[r].text for r in rows]
+        metadata = [dict(self.row_prompt[r].metadata) for r in rows]
+        texts = []
+        for r, n in zip(rows, n_tok):
+            ids = self.obs_ids[r, self.P : self.P + n]
+            texts.append(self.tokenizer.decode(ids, skip_special_tokens=True))
+        rm = score(
+            self.reward_fn, prompts, texts, metadata, name=f"reward model {self.config.reward!r}"
+        )
+        gold = None
+        if self.gold_fn is not None:
+            gold = score(
+                self.gold_fn, prompts, texts, metadata, name=f"gold scorer {self.config.gold!r}"
+            )
+        penalty = np.zeros(len(rows))
+        if self.config.missing_eos_penalty is not None:
+            penalty = np.where(truncated[rows], float(self.config.missing_eos_penalty), 0.0)
+        kl_coef = self.controller.value
+        self.controller.update(float(kl.mean()), len(rows))
+        self.active[rows] = False
+        return Finished(
+            rows=rows,
+            rm_score=rm,
+            gold_score=gold,
+            kl=kl,
+            kl_coef=kl_coef,
+            ref_logprobs=ref,
+            logprobs=logp,
+            text=texts,
+            prompt=prompts,
+            num_tokens=n_tok,
+            penalty=penalty,
+        )
+
+    def _final_reward(self, fin: Finished) -> np.ndarray:
+        mode = self.config.kl_reward
+        reward = fin.rm_score - fin.penalty
+        if mode == "terminal":
+            reward = reward - fin.kl_coef * fin.kl
+        # per_token: the last token's −β·k was already added in apply(); "none": RM only.
+        return reward
+
+    def warn_no_logprob(self) -> None:
+        if not self.warned_no_logprob:
+            self.warned_no_logprob = True
+            warnings.warn(
+                "no log π was supplied before step(): the env takes log π = log ρ for such tokens, "
+                "so they add 0 to the KL penalty. Call env.unwrapped.set_action_logprob(x) (vector "
+                "env: set_action_logprobs(array)) before each step; info['logprob_source'] says "
+                "'agent' or 'none' per step.",
+                stacklevel=3,
+            )

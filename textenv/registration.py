@@ -1,0 +1,37 @@
+"""Registering textenv ids with Gymnasium (single env + native vector env side by side)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import gymnasium as gym
+
+from textenv.core import EnvConfig
+
+__all__ = ["register_env", "registered_ids", "NAMESPACE"]
+
+NAMESPACE = "textenv"
+
+
+def register_env(env_id: str, **kwargs: Any) -> None:
+    """Register ``env_id`` with JSON-serialisable env kwargs.
+
+    ``max_episode_steps`` is set to ``max_new_tokens`` so Gymnasium's TimeLimit never cuts an
+    episode before the env truncates it (which would lose the final reward).
+    """
+    json.dumps(kwargs)  # ids must be describable as JSON: models are named by spec strings
+    EnvConfig(**kwargs)  # fail at registration, not at the user's first gym.make
+    max_new_tokens = kwargs.get("max_new_tokens", EnvConfig.max_new_tokens)
+    gym.register(
+        id=env_id,
+        entry_point="textenv.env:TextGenEnv",
+        vector_entry_point="textenv.vector:TextGenVectorEnv",
+        max_episode_steps=max_new_tokens,
+        kwargs=kwargs,
+    )
+
+
+def registered_ids() -> list[str]:
+    """Every id under the ``textenv/`` namespace, sorted."""
+    return sorted(k for k in gym.registry if k.startswith(NAMESPACE + "/"))

@@ -1,0 +1,226 @@
+"""The native batched env: B episodes advance with one batched model call per finished batch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from textenv.core import EnvConfig, EpisodeBatch, Finished
+from textenv.env import validate_logprob
+
+__all__ = ["TextGenVectorEnv"]
+
+
+class TextGenVectorEnv(VectorEnv):
+    """B copies of :class:`~textenv.env.TextGenEnv` run as one batch.
+
+    Same MDP as the single env (it shares :class:`~textenv.core.EpisodeBatch`), so with the same
+    seeds, actions and log-probs it gives the same rewards as ``gym.make_vec(..., "sync")``:
+    row ``i`` draws its prompts from an RNG seeded with ``seed + i``, like sub-env ``i``.
+
+    Autoreset modes (``autoreset_mode=`` kwarg):
+
+    * ``NEXT_STEP`` (Gymnasium's default): the step after a row finishes resets that row (its
+      action is ignored) and returns the new episode's first observation with reward 0.
+    * ``DISABLED`` (what the package's agents use): rows move in lockstep. ``reset`` starts all
+      rows (``options={"prompts": [...]}`` pins one prompt per row, e.g. G rows on one prompt for
+      GRPO; ``options={"reset_mask": mask}`` restarts some rows); finished rows ignore further
+      actions and return reward 0 and ``terminated = truncated = False`` until the next reset.
+
+    ``info`` uses Gymnasium's vector convention: each key maps to an array over the batch with a
+    boolean ``"_key"`` array marking the rows it is set for; per-token arrays are
+    ``(B, max_new_tokens)`` padded with NaN; ``info["logprob_source"]`` is set every step.
+    """
+
+    metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
+        render_mode: str | None = None,
+        max_episode_steps: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(num_envs, int) or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
+        mode = AutoresetMode(autoreset_mode)
+        if mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.DISABLED):
+            raise ValueError(f"autoreset_mode must be NEXT_STEP or DISABLED, got {mode}")
+        if render_mode is not None:
+            raise ValueError("the vector env does not render; use the single env's 'ansi' mode")
+        self.metadata = {**self.metadata, "autoreset_mode": mode}
+        self.autoreset_mode = mode
+        self.num_envs = num_envs
+        self.render_mode = None
+        self.config = EnvConfig(**kwargs)
+        if max_episode_steps is not None and max_episode_steps != self.config.max_new_tokens:
+            raise ValueError(
+                f"max_episode_steps={max_episode_steps} does not match max_new_tokens="
+                f"{self.config.max_new_tokens}; pass both with the same value"
+            )
+        self.core = EpisodeBatch(self.config, batch_size=num_envs)
+        self.single_observation_space = self.core.observation_space()
+        self.single_action_space = self.core.action_space()
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self._rngs = [seeding.np_random(None)[0] for _ in range(num_envs)]
+        self._pending: np.ndarray | None = None
+        self._needs_reset = np.zeros(num_envs, dtype=bool)
+        self._started = False
+
+    # ------------------------------------------------------------------ API
+
+    @property
+    def kl_coef(self) -> float:
+        return self.core.controller.value
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.core.tokenizer
+
+    @property
+    def prompts(self) -> list:
+        """The prompts of this env's split."""
+        return self.core.prompts
+
+    def set_action_logprobs(self, logprobs: Any) -> None:
+        """log π of each row's next action, shape ``(B,)``; NaN for a row means "none"."""
+        arr = np.asarray(logprobs, dtype=np.float64).reshape(-1)
+        if arr.shape[0] != self.num_envs:
+            raise ValueError(f"expected {self.num_envs} log-probs, got {arr.shape[0]}")
+        given = ~np.isnan(arr)
+        for x in arr[given]:
+            validate_logprob(x)
+        self._pending = np.minimum(arr, 0.0)
+
+    def action_masks(self) -> np.ndarray:
+        """Bool ``(B, V)``: the reference's top-k / top-p set per row."""
+        return self.core.action_masks()
+
+    def reset(
+        self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        B = self.num_envs
+        if seed is not None:
+            seeds = [seed + i for i in range(B)] if isinstance(seed, int) else list(seed)
+            if len(seeds) != B:
+                raise ValueError(f"expected {B} seeds, got {len(seeds)}")
+            self._rngs = [seeding.np_random(s)[0] for s in seeds]
+        options = options or {}
+        rows = np.arange(B)
+        if "reset_mask" in options:
+            mask = np.asarray(options["reset_mask"], dtype=bool)
+            if mask.shape != (B,):
+                raise ValueError(f"reset_mask must have shape ({B},), got {mask.shape}")
+            if not self._started and not mask.all():
+                raise ValueError("the first reset must reset every row")
+            rows = np.flatnonzero(mask)
+        if "prompts" in options:
+            given = options["prompts"]
+            given = [given] * B if isinstance(given, (str, dict)) else list(given)
+            if len(given) != B:
+                raise ValueError(f"options['prompts'] must hold {B} prompts, got {len(given)}")
+            prompts = [self.core.resolve_prompt(given[r]) for r in rows]
+        else:
+            prompts = [self._draw_prompt(r) for r in rows]
+        self.core.start(rows, prompts)
+        self._needs_reset[rows] = False
+        self._pending = None
+        self._started = True
+        info = {
+            "prompt": np.array([p.text if p else "" for p in self.core.row_prompt], dtype=object),
+            "_prompt": np.isin(np.arange(B), rows),
+        }
+        return self.core.observation(), info
+
+    def step(
+        self, actions: Any
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        if not self._started:
+            raise RuntimeError("step() called before reset(); call envs.reset() first")
+        B, core = self.num_envs, self.core
+        actions = self._validate_actions(actions)
+        logprobs = self._pending if self._pending is not None else np.full(B, np.nan)
+        self._pending = None
+
+        rewards = np.zeros(B)
+        terminated = np.zeros(B, dtype=bool)
+        truncated = np.zeros(B, dtype=bool)
+        reset_rows = np.flatnonzero(self._needs_reset)
+        if self.autoreset_mode == AutoresetMode.NEXT_STEP and len(reset_rows):
+            core.start(reset_rows, [self._draw_prompt(r) for r in reset_rows])
+            self._needs_reset[reset_rows] = False
+            stepped = np.flatnonzero(~np.isin(np.arange(B), reset_rows))
+        else:
+            stepped = np.flatnonzero(core.active)
+        missing = np.isnan(logprobs[stepped])
+        if missing.any():
+            core.warn_no_logprob()
+        r, term, trunc, finished = core.apply(actions, logprobs, stepped)
+        rewards += r
+        terminated |= term
+        truncated |= trunc
+        self._needs_reset |= term | trunc
+
+        stepped_mask = np.zeros(B, dtype=bool)
+        stepped_mask[stepped] = True
+        source = np.where(np.isnan(logprobs), "none", "agent").astype(object)
+        info: dict[str, Any] = {"logprob_source": source, "_logprob_source": stepped_mask}
+        if finished is not None:
+            info.update(self._final_info(finished))
+        return core.observation(), rewards, terminated, truncated, info
+
+    def close_extras(self, **kwargs: Any) -> None:
+        """Models are shared process-wide; nothing to release."""
+
+    # ------------------------------------------------------------------ helpers
+
+    def _draw_prompt(self, row: int):
+        prompts = self.core.prompts
+        return prompts[int(self._rngs[row].integers(len(prompts)))]
+
+    def _validate_actions(self, actions: Any) -> np.ndarray:
+        arr = np.asarray(actions)
+        if arr.shape != (self.num_envs,):
+            raise ValueError(f"expected actions of shape ({self.num_envs},), got {arr.shape}")
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise TypeError(f"actions must be integer token ids, got dtype {arr.dtype}")
+        V = self.core.vocab_size
+        bad = (arr < 0) | (arr >= V)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"action {int(arr[i])} (row {i}) is outside the vocabulary [0, {V})")
+        return arr.astype(np.int64)
+
+    def _final_info(self, fin: Finished) -> dict[str, Any]:
+        B, N = self.num_envs, self.core.N
+        mask = np.zeros(B, dtype=bool)
+        mask[fin.rows] = True
+
+        def scatter(values: np.ndarray, fill: Any = 0.0, dtype: Any = np.float64) -> np.ndarray:
+            out = np.full((B, *np.shape(values)[1:]), fill, dtype=dtype)
+            out[fin.rows] = values
+            return out
+
+        info: dict[str, Any] = {
+            "rm_score": scatter(fin.rm_score),
+            "kl": scatter(fin.kl),
+            "kl_coef": scatter(np.full(len(fin.rows), fin.kl_coef)),
+            "ref_logprobs": scatter(fin.ref_logprobs, np.nan),
+            "logprobs": scatter(fin.logprobs, np.nan),
+            "text": scatter(np.array(fin.text, dtype=object), "", object),
+            "prompt": scatter(np.array(fin.prompt, dtype=object), "", object),
+            "num_tokens": scatter(fin.num_tokens, 0, np.int64),
+            "penalty": scatter(fin.penalty),
+        }
+        if fin.gold_score is not None:
+            info["gold_score"] = scatter(fin.gold_score)
+        for key in list(info):
+            info["_" + key] = mask
+        assert info["ref_logprobs"].shape == (B, N)
+        return info
