@@ -257,11 +257,8 @@ class EpisodeBatch:
             return rewards, terminated, truncated, None
         t = self.n_gen[rows]
         tokens = actions[rows]
-        self.obs_ids[rows, self.P + t] = tokens
-        self.obs_mask[rows, self.P + t] = 1
-        self.logp[rows, t] = logprobs[rows]
         if self.incremental:
-            ref_logits = self._ref_logits()
+            ref_logits = self._ref_logits()  # before the new tokens enter the observation
             ref_lp = torch.log_softmax(ref_logits / self.config.temperature, dim=-1)
             taken = torch.as_tensor(actions, device=self.device).clamp(0, self.vocab_size - 1)
             step_ref = ref_lp.gather(-1, taken[:, None]).squeeze(-1).double().cpu().numpy()
@@ -280,6 +277,9 @@ class EpisodeBatch:
                 lp = np.where(np.isnan(logprobs[rows]), step_ref[rows], logprobs[rows])
                 k = kl_estimate(lp, step_ref[rows], self.config.kl_estimator)
                 rewards[rows] = -self.controller.value * k
+        self.obs_ids[rows, self.P + t] = tokens
+        self.obs_mask[rows, self.P + t] = 1
+        self.logp[rows, t] = logprobs[rows]
         self.n_gen[rows] += 1
         terminated[rows] = tokens == self.eos_id
         truncated[rows] = (self.n_gen[rows] >= self.N) & ~terminated[rows]

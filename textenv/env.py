@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numbers
+import sys
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.wrappers import TimeLimit
 
 from textenv.core import EnvConfig, EpisodeBatch, Finished
 
@@ -80,8 +82,10 @@ class TextGenEnv(gym.Env[dict, int]):
     would silently cut off the final reward), checked on ``reset``.
 
     On the last step ``info`` holds ``rm_score``, ``kl``, ``kl_coef``, ``ref_logprobs``
-    (per token), ``logprobs`` (log π used), ``logprob_source``, ``text`` (the completion),
-    ``prompt``, ``num_tokens``, and ``gold_score`` where the task has a gold scorer.
+    and ``logprobs`` (log ρ and the log π used, per token, shape ``(max_new_tokens,)`` padded
+    with NaN after ``num_tokens``, the same layout as a row of the vector env), ``logprob_source``,
+    ``text`` (the completion), ``prompt``, ``num_tokens``, ``penalty`` (missing-EOS penalty
+    applied), and ``gold_score`` where the task has a gold scorer.
 
     ## Arguments
     See :class:`textenv.core.EnvConfig`: ``reference``, ``reward``, ``prompts``, ``gold``,
@@ -94,7 +98,7 @@ class TextGenEnv(gym.Env[dict, int]):
     * v0: initial version.
     """
 
-    metadata = {"render_modes": ["ansi"]}
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -170,6 +174,15 @@ class TextGenEnv(gym.Env[dict, int]):
             info,
         )
 
+    def _check_time_limit(self) -> None:
+        limit = _enclosing_time_limit(self)
+        if limit is not None and limit != self.config.max_new_tokens:
+            raise ValueError(
+                f"max_episode_steps={limit} does not match max_new_tokens="
+                f"{self.config.max_new_tokens}: a TimeLimit that cuts episodes early would lose the "
+                f"final reward. Pass both, e.g. gym.make(id, max_new_tokens=N, max_episode_steps=N)"
+            )
+
     def render(self) -> str | None:
         if self.render_mode != "ansi":
             return None
@@ -179,14 +192,21 @@ class TextGenEnv(gym.Env[dict, int]):
         completion = core.tokenizer.decode(core.obs_ids[0, core.P : core.P + n])
         return f"{prompt}\x1b[1m{completion}\x1b[0m" if completion else prompt
 
-    def _check_time_limit(self) -> None:
-        limit = self.spec.max_episode_steps if self.spec is not None else None
-        if limit is not None and limit != self.config.max_new_tokens:
-            raise ValueError(
-                f"max_episode_steps={limit} does not match max_new_tokens="
-                f"{self.config.max_new_tokens}: a TimeLimit that cuts episodes early would lose the "
-                f"final reward. Pass both, e.g. gym.make(id, max_new_tokens=N, max_episode_steps=N)"
-            )
+
+def _enclosing_time_limit(env: gym.Env) -> int | None:
+    """``max_episode_steps`` of the TimeLimit wrapping ``env``, if a caller frame is one.
+
+    ``gym.make`` hides the TimeLimit from the env it wraps (the unwrapped spec says None), and
+    vector entry points forbid extra registered wrappers, so the frames of the ``reset`` call are
+    the one place the env can see it.
+    """
+    frame = sys._getframe(2)
+    while frame is not None:
+        caller = frame.f_locals.get("self")
+        if isinstance(caller, TimeLimit) and caller.unwrapped is env:
+            return caller._max_episode_steps
+        frame = frame.f_back
+    return None
 
 
 def _final_info(fin: Finished, i: int) -> dict[str, Any]:
@@ -194,8 +214,8 @@ def _final_info(fin: Finished, i: int) -> dict[str, Any]:
         "rm_score": float(fin.rm_score[i]),
         "kl": float(fin.kl[i]),
         "kl_coef": float(fin.kl_coef),
-        "ref_logprobs": fin.ref_logprobs[i, : fin.num_tokens[i]].copy(),
-        "logprobs": fin.logprobs[i, : fin.num_tokens[i]].copy(),
+        "ref_logprobs": fin.ref_logprobs[i].copy(),
+        "logprobs": fin.logprobs[i].copy(),
         "text": fin.text[i],
         "prompt": fin.prompt[i],
         "num_tokens": int(fin.num_tokens[i]),

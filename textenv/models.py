@@ -108,16 +108,29 @@ def output_cache(output: Any) -> Any:
     return output["past_key_values"]
 
 
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte → printable-character map (the ByteLevel alphabet)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
+    mapping, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            mapping[byte] = chr(byte)
+        else:
+            mapping[byte] = chr(256 + extra)
+            extra += 1
+    return mapping
+
+
 def byte_tokenizer() -> PreTrainedTokenizerFast:
     """An offline byte-level tokenizer: 256 byte symbols + ``<|endoftext|>`` (id 256).
 
-    Built from the GPT-2 byte alphabet with no merges, so it needs no download and can
-    encode any text. Used by the tiny test models.
+    Built from the GPT-2 byte alphabet with no merges and token id = byte value, so it needs
+    no download and can encode any text. Used by the tiny test models.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {symbol: i for i, symbol in enumerate(alphabet)}
+    vocab = {symbol: byte for byte, symbol in _bytes_to_unicode().items()}  # id = byte value
     vocab[EOS_TOKEN] = len(vocab)
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
