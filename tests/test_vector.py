@@ -148,7 +148,7 @@ def test_one_reference_and_one_reward_call_per_finished_batch(batch):
     rm = load_reward("tiny-rm")
     envs.reset(seed=0)
     ref.calls, rm_before = 0, rm.calls
-    for t in range(5):
+    for _ in range(5):
         envs.unwrapped.set_action_logprobs(np.full(batch, -2.0))
         _, _, _, truncated, _ = envs.step(np.full(batch, 65))
     ref.handle.remove()

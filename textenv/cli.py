@@ -15,20 +15,20 @@ __all__ = ["main", "build_parser", "COMMAND_MODULES"]
 
 # Modules that add sub-commands: each defines ``register_cli(subparsers)`` and keeps its heavy
 # imports inside the command function, so ``textenv --help`` stays fast.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["textenv.preferences", "textenv.labelling", "textenv.reward_training"]
+
+# The env the demo runs when none is named.
+DEFAULT_ENV = "textenv/Sentiment-v0"
 
 
 def _demo(args: argparse.Namespace) -> int:
     """Run a few episodes of a registered env with a sampling agent that uses the log π channel."""
     import gymnasium as gym
-    import numpy as np
-    import torch
 
     import textenv  # noqa: F401  (registers the ids)
+    from textenv.evaluation import rollout_policy
     from textenv.models import load_causal_lm
-    from textenv.sampling import IncrementalLM, SamplingConfig, next_token_logprobs, sample_tokens
 
-    torch.manual_seed(args.seed)
     envs = gym.make_vec(
         args.env,
         num_envs=args.episodes,
@@ -39,38 +39,17 @@ def _demo(args: argparse.Namespace) -> int:
     # The demo agent is the reference LM itself, sampled at a lower temperature: the KL term
     # then measures how far that sharpening moves it from the reference.
     policy = load_causal_lm(env.config.reference)
-    sampling = SamplingConfig(temperature=args.temperature)
-    generator = torch.Generator().manual_seed(args.seed)
-    obs, _ = envs.reset(seed=args.seed)
-    P = env.config.max_prompt_tokens
-    lm = IncrementalLM(policy)
-    logits = lm.prefill(
-        torch.as_tensor(obs["input_ids"][:, :P]), torch.as_tensor(obs["attention_mask"][:, :P])
-    )
-    done = np.zeros(envs.num_envs, dtype=bool)
-    final: dict[str, np.ndarray] = {}
-    returns = np.zeros(envs.num_envs)
-    while not done.all():
-        tokens, logprobs = sample_tokens(next_token_logprobs(logits, sampling), generator)
-        env.set_action_logprobs(np.where(done, np.nan, logprobs.numpy()))
-        obs, reward, terminated, truncated, info = envs.step(tokens.numpy())
-        returns += reward
-        for key in ("text", "prompt", "rm_score", "kl", "gold_score"):
-            if key in info:
-                final.setdefault(key, np.empty(envs.num_envs, dtype=object))
-                final[key][info["_" + key]] = info[key][info["_" + key]]
-        done |= terminated | truncated
-        logits = lm.step(tokens, torch.as_tensor(~done))
+    final = rollout_policy(policy, envs, None, seed=args.seed, temperature=args.temperature)
     print(
-        f"env {args.env}: {envs.num_envs} episodes, policy = reference at T={args.temperature}, "
-        f"β = {env.kl_coef:.3g}"
+        f"env {args.env}: {envs.num_envs} episodes, policy = reference sampled at "
+        f"T={args.temperature} (the env scores ρ at T={env.config.temperature}), β = {env.kl_coef:.3g}"
     )
     for i in range(envs.num_envs):
-        gold = f"  gold {final['gold_score'][i]:+.3f}" if "gold_score" in final else ""
+        gold = f"   gold {final['gold_score'][i]:+.3f}" if "gold_score" in final else ""
         print(f"[{i}] {final['prompt'][i]!r} → {final['text'][i]!r}")
         print(
-            f"    reward {returns[i]:+.3f} = RM {final['rm_score'][i]:+.3f} − β·KL "
-            f"({final['kl'][i]:.3f}){gold}"
+            f"    reward {final['return'][i]:+.3f} = RM {final['rm_score'][i]:+.3f} "
+            f"− β·KL ({final['kl'][i]:.3f}){gold}"
         )
     envs.close()
     return 0
@@ -81,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run a few episodes with a sampling agent and print them")
-    demo.add_argument("--env", default="textenv/Tiny-v0")
+    demo.add_argument("--env", default=DEFAULT_ENV)
     demo.add_argument("--episodes", type=int, default=4)
     demo.add_argument("--temperature", type=float, default=0.7)
     demo.add_argument("--seed", type=int, default=0)

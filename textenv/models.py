@@ -38,6 +38,7 @@ from transformers import (
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
+from transformers.utils import logging as hf_logging
 
 __all__ = [
     "ModelLoadError",
@@ -217,11 +218,16 @@ def _resolve_folder(spec: str) -> Path | None:
 def _from_pretrained(cls: Any, spec: str, what: str, **kwargs: Any) -> Any:
     folder = _resolve_folder(spec)
     source = str(folder) if folder is not None else spec
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a per-load "Loading weights" bar is noise in env code
     try:
         return cls.from_pretrained(source, local_files_only=folder is not None, **kwargs)
     except (OSError, ValueError) as exc:
         where = f"folder {source!r}" if folder is not None else f"hub name {spec!r}"
         raise ModelLoadError(f"could not load a {what} from {where}: {exc}") from exc
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
 
 
 def is_callable_spec(spec: str) -> bool:

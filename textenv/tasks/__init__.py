@@ -15,6 +15,8 @@ __all__ = ["BUILTIN_TASKS", "register_builtin_tasks"]
 # id → module. Modules import their heavy dependencies lazily, so `import textenv` stays fast.
 BUILTIN_TASKS: dict[str, str] = {
     "textenv/Tiny-v0": "textenv.tasks.tiny",
+    "textenv/Sentiment-v0": "textenv.tasks.sentiment",
+    "textenv/Sort-v0": "textenv.tasks.sort",
 }
 
 

@@ -1,0 +1,327 @@
+"""Generated tokens per second: the env's overhead over the model work it must do.
+
+Same models (tiny GPT-2s built from config: 2 layers, 128 wide, vocab 512 for the policy, the
+reference and the reward model), same batch, 8-token prompts, exactly 32 new tokens (EOS
+suppressed). Variants:
+
+(a) ``model.generate(do_sample=True, use_cache=True)`` on the policy alone;
+(o) the model work with no env: (a) + one teacher-forced reference pass + one RM pass over the
+    token ids (no decode / re-tokenise: the most favourable baseline);
+(b) the package's sampler driving the native vector env with the log π channel (reference
+    log-probs, RM on decoded text, KL: everything the env does);
+(c) the same sampler through B single envs from ``gym.make`` (a Python loop over envs per step);
+(d) a naive batched env that re-runs the whole prefix through the reference every step (what
+    replaying every token through a stateless env costs).
+
+Variants run round-robin ``--repeats`` times and the median is kept, so a burst of load hits all
+of them alike; the CPU share other processes used during the run is recorded. Results go to
+``benchmarks/results/throughput.json`` (and ``.md``). Usage::
+
+    python benchmarks/throughput.py                 # B in {16, 64, 256}
+    python benchmarks/throughput.py --batch 64 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+import transformers
+
+import textenv
+from textenv.models import load_causal_lm, load_frozen_causal_lm, load_sequence_classifier
+from textenv.sampling import (
+    IncrementalLM,
+    SamplingConfig,
+    next_token_logprobs,
+    sample_tokens,
+    sequence_logprobs,
+)
+
+RESULTS = Path(__file__).parent / "results"
+POLICY = "tiny:layers=2,width=128,heads=4,vocab=512,seed=1"
+REFERENCE = "tiny:layers=2,width=128,heads=4,vocab=512,seed=0"
+REWARD = "tiny-rm:layers=2,width=128,heads=4,vocab=512,seed=2"
+P, N = 8, 32
+EOS = 256
+
+
+def env_kwargs() -> dict:
+    return dict(
+        reference=REFERENCE,
+        reward=REWARD,
+        prompts=[f"Prompt {i:03d}" for i in range(64)],  # 10 byte tokens → truncated to 8
+        split="all",
+        max_prompt_tokens=P,
+        max_new_tokens=N,
+        max_episode_steps=N,
+        kl_coef=0.05,
+    )
+
+
+def make_prompts(batch: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.randint(32, 127, (batch, P), generator=gen)
+    return ids, torch.ones_like(ids)
+
+
+def no_eos(logits: torch.Tensor) -> torch.Tensor:
+    logits[:, EOS] = float("-inf")
+    return logits
+
+
+# --------------------------------------------------------------------------- variants
+
+
+def run_generate(policy, batch: int, gen: torch.Generator) -> torch.Tensor:
+    ids, mask = make_prompts(batch, gen)
+    out = policy.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        do_sample=True,
+        use_cache=True,
+        max_new_tokens=N,
+        min_new_tokens=N,
+        top_k=0,
+        pad_token_id=EOS,
+        eos_token_id=EOS,
+    )
+    return out
+
+
+def run_model_work(policy, reference, rm, batch: int, gen: torch.Generator) -> None:
+    out = run_generate(policy, batch, gen)
+    prompt, completion = out[:, :P], out[:, P:]
+    with torch.no_grad():
+        sequence_logprobs(
+            reference, prompt, torch.ones_like(prompt), completion, torch.ones_like(completion)
+        )
+        rm(input_ids=out, attention_mask=torch.ones_like(out))
+
+
+def rollout_native(policy, envs, batch: int, gen: torch.Generator) -> None:
+    cfg = SamplingConfig()
+    obs, _ = envs.reset(seed=int(torch.randint(0, 10**6, (1,), generator=gen)))
+    lm = IncrementalLM(policy)
+    logits = lm.prefill(
+        torch.as_tensor(obs["input_ids"][:, :P]), torch.as_tensor(obs["attention_mask"][:, :P])
+    )
+    for t in range(N):
+        tokens, logprobs = sample_tokens(next_token_logprobs(no_eos(logits), cfg), gen)
+        envs.unwrapped.set_action_logprobs(logprobs.numpy())
+        envs.step(tokens.numpy())
+        if t + 1 < N:
+            logits = lm.step(tokens)
+
+
+def rollout_singles(policy, envs: list, batch: int, gen: torch.Generator) -> None:
+    cfg = SamplingConfig()
+    seed = int(torch.randint(0, 10**6, (1,), generator=gen))
+    obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]
+    ids = torch.as_tensor(np.stack([o["input_ids"][:P] for o in obs]))
+    mask = torch.as_tensor(np.stack([o["attention_mask"][:P] for o in obs]))
+    lm = IncrementalLM(policy)
+    logits = lm.prefill(ids, mask)
+    for t in range(N):
+        tokens, logprobs = sample_tokens(next_token_logprobs(no_eos(logits), cfg), gen)
+        for i, env in enumerate(envs):
+            env.unwrapped.set_action_logprob(float(logprobs[i]))
+            env.step(int(tokens[i]))
+        if t + 1 < N:
+            logits = lm.step(tokens)
+
+
+class NaiveEnv:
+    """A batched env without a KV cache: every step re-runs the reference over the whole prefix."""
+
+    def __init__(self, reference, rm) -> None:
+        self.reference, self.rm = reference, rm
+
+    def reset(self, ids: torch.Tensor) -> None:
+        self.ids = ids
+        self.kl = torch.zeros(ids.shape[0])
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor | None:
+        logits = self.reference(input_ids=self.ids, attention_mask=torch.ones_like(self.ids)).logits
+        ref = torch.log_softmax(logits[:, -1].float(), -1).gather(-1, tokens[:, None]).squeeze(-1)
+        self.kl += logprobs - ref
+        self.ids = torch.cat([self.ids, tokens[:, None]], 1)
+        if self.ids.shape[1] == P + N:
+            score = self.rm(input_ids=self.ids, attention_mask=torch.ones_like(self.ids)).logits[
+                :, 0
+            ]
+            return score - 0.05 * self.kl
+        return None
+
+
+def rollout_naive(policy, naive: NaiveEnv, batch: int, gen: torch.Generator) -> None:
+    cfg = SamplingConfig()
+    ids, mask = make_prompts(batch, gen)
+    naive.reset(ids)
+    lm = IncrementalLM(policy)
+    logits = lm.prefill(ids, mask)
+    for t in range(N):
+        tokens, logprobs = sample_tokens(next_token_logprobs(no_eos(logits), cfg), gen)
+        naive.step(tokens, logprobs)
+        if t + 1 < N:
+            logits = lm.step(tokens)
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def cpu_times() -> tuple[float, float]:
+    """(all CPU-busy seconds on the machine, this process's CPU seconds)."""
+    with open("/proc/stat") as f:
+        fields = [float(x) for x in f.readline().split()[1:]]
+    ticks = os.sysconf("SC_CLK_TCK")
+    busy = (sum(fields) - fields[3] - fields[4]) / ticks  # minus idle and iowait
+    return busy, time.process_time()
+
+
+def measure(batch: int, repeats: int, with_singles: bool) -> dict:
+    gen = torch.Generator().manual_seed(0)
+    policy = load_causal_lm(POLICY)
+    policy.generation_config.pad_token_id = EOS
+    reference = load_frozen_causal_lm(REFERENCE)
+    rm = load_sequence_classifier(REWARD)
+    envs = gym.make_vec(
+        "textenv/TextGen-v0",
+        num_envs=batch,
+        vectorization_mode="vector_entry_point",
+        autoreset_mode=gym.vector.AutoresetMode.DISABLED,
+        **env_kwargs(),
+    )
+    variants: dict[str, Callable[[], object]] = {
+        "a_generate": lambda: run_generate(policy, batch, gen),
+        "o_model_work": lambda: run_model_work(policy, reference, rm, batch, gen),
+        "b_native_env": lambda: rollout_native(policy, envs, batch, gen),
+        "d_naive_env": lambda: rollout_naive(policy, NaiveEnv(reference, rm), batch, gen),
+    }
+    if with_singles:
+        singles = [gym.make("textenv/TextGen-v0", **env_kwargs()) for _ in range(batch)]
+        variants["c_single_envs"] = lambda: rollout_singles(policy, singles, batch, gen)
+    for fn in variants.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    busy0, own0 = cpu_times()
+    wall0 = time.perf_counter()
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    wall = time.perf_counter() - wall0
+    busy1, own1 = cpu_times()
+    others = max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall * (os.cpu_count() or 1))
+    tok_s = {k: batch * N / statistics.median(v) for k, v in times.items()}
+    b = tok_s["b_native_env"]
+    ratios = {
+        "b/o": b / tok_s["o_model_work"],
+        "b/a": b / tok_s["a_generate"],
+        "o/a": tok_s["o_model_work"] / tok_s["a_generate"],
+        "b/d": b / tok_s["d_naive_env"],
+    }
+    if with_singles:
+        ratios["b/c"] = b / tok_s["c_single_envs"]
+    return {
+        "batch": batch,
+        "tokens_per_s": tok_s,
+        "ratios": ratios,
+        "others_cpu_share": others,
+        "repeats": repeats,
+    }
+
+
+def wait_for_quiet(max_wait: float, threshold: float = 0.25) -> float:
+    """Wait (up to max_wait s) until other processes use < threshold of the CPUs; return share."""
+    deadline = time.time() + max_wait
+    while True:
+        busy0, own0 = cpu_times()
+        time.sleep(2.0)
+        busy1, own1 = cpu_times()
+        share = ((busy1 - busy0) - (own1 - own0)) / (2.0 * (os.cpu_count() or 1))
+        if share < threshold or time.time() > deadline:
+            return share
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, nargs="+", default=[16, 64, 256])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--singles-max-batch", type=int, default=256)
+    parser.add_argument("--wait-quiet", type=float, default=120.0, help="max seconds to wait")
+    parser.add_argument("--out", type=Path, default=RESULTS / "throughput.json")
+    args = parser.parse_args(argv)
+
+    share_before = wait_for_quiet(args.wait_quiet)
+    rows = []
+    for batch in args.batch:
+        row = measure(batch, args.repeats, batch <= args.singles_max_batch)
+        rows.append(row)
+        r = row["ratios"]
+        print(
+            f"B={batch:4d}  "
+            + "  ".join(f"{k}={v:8.0f}" for k, v in row["tokens_per_s"].items())
+            + "  |  "
+            + "  ".join(f"{k}={v:.2f}" for k, v in r.items())
+            + f"  (others used {row['others_cpu_share']:.0%} of the CPUs)",
+            flush=True,
+        )
+    result = {
+        "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+        },
+        "versions": {
+            "textenv": textenv.__version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "gymnasium": gym.__version__,
+        },
+        "setup": {
+            "policy": POLICY,
+            "reference": REFERENCE,
+            "reward": REWARD,
+            "prompt_tokens": P,
+            "new_tokens": N,
+        },
+        "others_cpu_share_before": share_before,
+        "rows": rows,
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    lines = [
+        "| B | (a) generate | (o) model work | (b) native env | (c) single envs | (d) naive env "
+        "| b/o | b/a | b/c | b/d |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        t, r = row["tokens_per_s"], row["ratios"]
+        lines.append(
+            f"| {row['batch']} | {t['a_generate']:.0f} | {t['o_model_work']:.0f} | "
+            f"{t['b_native_env']:.0f} | {t.get('c_single_envs', float('nan')):.0f} | "
+            f"{t['d_naive_env']:.0f} | {r['b/o']:.2f} | {r['b/a']:.2f} | "
+            f"{r.get('b/c', float('nan')):.2f} | {r['b/d']:.2f} |"
+        )
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

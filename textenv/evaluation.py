@@ -1,0 +1,152 @@
+"""Evaluating a policy on an env's held-out prompts: RM score, gold score and KL, mean ± s.e."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from transformers import PreTrainedModel
+
+from textenv.models import load_causal_lm
+from textenv.sampling import IncrementalLM, SamplingConfig, next_token_logprobs, sample_tokens
+
+__all__ = ["Stat", "Evaluation", "evaluate", "rollout_policy"]
+
+
+@dataclass(frozen=True)
+class Stat:
+    """A sample mean with its standard error (std / √n, ddof = 1)."""
+
+    mean: float
+    sem: float
+    n: int
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> Stat:
+        values = np.asarray(values, dtype=np.float64)
+        n = len(values)
+        sem = float(values.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+        return cls(float(values.mean()), sem, n)
+
+    def __str__(self) -> str:
+        return f"{self.mean:+.3f} ± {self.sem:.3f}"
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` measured, per metric, plus the raw per-episode values and texts."""
+
+    metrics: dict[str, Stat]
+    values: dict[str, np.ndarray]
+    prompts: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: {"mean": s.mean, "sem": s.sem, "n": s.n} for k, s in self.metrics.items()}
+
+    def __str__(self) -> str:
+        return "  ".join(f"{k} {s}" for k, s in self.metrics.items())
+
+
+@torch.no_grad()
+def rollout_policy(
+    policy: PreTrainedModel,
+    envs: gym.vector.VectorEnv,
+    prompts: list[Any] | None,
+    *,
+    seed: int,
+    temperature: float | None = None,
+) -> dict[str, np.ndarray]:
+    """One lockstep batch of episodes of ``policy`` in a ``DISABLED``-autoreset vector env.
+
+    Samples with the KV cache, reports every log π to the env, returns the final infos.
+    """
+    env = envs.unwrapped
+    B, P = envs.num_envs, env.config.max_prompt_tokens
+    sampling = SamplingConfig(temperature or env.config.temperature)
+    generator = torch.Generator().manual_seed(seed)
+    options = {"prompts": prompts} if prompts is not None else None
+    obs, _ = envs.reset(seed=seed, options=options)
+    device = next(policy.parameters()).device
+    lm = IncrementalLM(policy)
+    logits = lm.prefill(
+        torch.as_tensor(obs["input_ids"][:, :P], device=device),
+        torch.as_tensor(obs["attention_mask"][:, :P], device=device),
+    )
+    done = np.zeros(B, dtype=bool)
+    final: dict[str, np.ndarray] = {}
+    returns = np.zeros(B)
+    while not done.all():
+        tokens, logprobs = sample_tokens(next_token_logprobs(logits, sampling), generator)
+        env.set_action_logprobs(np.where(done, np.nan, logprobs.cpu().numpy()))
+        _, reward, terminated, truncated, info = envs.step(tokens.cpu().numpy())
+        returns += reward
+        for key, value in info.items():
+            if key.startswith("_") or "_" + key not in info or key == "logprob_source":
+                continue
+            rows = info["_" + key]
+            if key not in final:
+                final[key] = (
+                    np.empty(B, dtype=object)
+                    if value.dtype == object
+                    else np.full(value.shape, np.nan)
+                )
+            final[key][rows] = value[rows]
+        done |= terminated | truncated
+        if not done.all():
+            logits = lm.step(tokens, torch.as_tensor(~done, device=device))
+    final["return"] = returns
+    return final
+
+
+def evaluate(
+    policy: PreTrainedModel | str,
+    env_id: str,
+    n_prompts: int = 64,
+    seed: int = 0,
+    *,
+    batch_size: int = 64,
+    temperature: float | None = None,
+    **env_kwargs: Any,
+) -> Evaluation:
+    """Mean ± standard error of RM score, gold score, KL and return on the eval prompts.
+
+    ``policy`` is a causal LM (or a model spec). The env is made with ``split="eval"``; the first
+    ``n_prompts`` eval prompts (in a seeded order) are each run once, so two policies evaluated
+    with the same seed see the same prompts.
+    """
+    if isinstance(policy, str):
+        policy = load_causal_lm(policy)
+    env_kwargs = {"split": "eval", **env_kwargs}
+    batch_size = max(1, min(batch_size, n_prompts))
+    envs = gym.make_vec(
+        env_id,
+        num_envs=batch_size,
+        vectorization_mode="vector_entry_point",
+        autoreset_mode=gym.vector.AutoresetMode.DISABLED,
+        **env_kwargs,
+    )
+    pool = envs.unwrapped.prompts
+    order = np.random.default_rng(seed).permutation(len(pool))
+    chosen = [pool[i] for i in np.resize(order, n_prompts)]  # wraps if n_prompts > pool size
+    collected: dict[str, list] = {}
+    for start in range(0, n_prompts, batch_size):
+        batch = chosen[start : start + batch_size]
+        n_real = len(batch)
+        batch = batch + [batch[-1]] * (batch_size - n_real)  # pad the last batch
+        final = rollout_policy(policy, envs, batch, seed=seed + start, temperature=temperature)
+        for key, value in final.items():
+            collected.setdefault(key, []).extend(list(value[:n_real]))
+    envs.close()
+    values = {k: np.asarray(v) for k, v in collected.items()}
+    numeric = [k for k in ("rm_score", "gold_score", "kl", "return", "num_tokens") if k in values]
+    metrics = {k: Stat.of(values[k].astype(np.float64)) for k in numeric}
+    return Evaluation(
+        metrics=metrics,
+        values=values,
+        prompts=[str(p) for p in values.get("prompt", [])],
+        texts=[str(t) for t in values.get("text", [])],
+    )
