@@ -312,3 +312,19 @@ def test_callable_reward_receives_prompts_completions_metadata(tiny_kwargs):
     *_, info = env.step(env.unwrapped.tokenizer.eos_token_id)
     assert seen == {"prompts": ["Hey"], "completions": ["A"], "metadata": [{"target": 3}]}
     assert info["rm_score"] == 1.0
+
+
+@pytest.mark.parametrize("env_id", ALL_IDS)
+def test_bad_input_on_every_registered_id(env_id):
+    env = gym.make(env_id).unwrapped
+    with pytest.raises(RuntimeError, match=r"step\(\) called before reset\(\)"):
+        env.step(0)
+    env.reset(seed=0)
+    V = env.action_space.n
+    with pytest.raises(ValueError, match=rf"action {V} is outside the vocabulary"):
+        env.step(V)
+    with pytest.raises(TypeError, match="action must be an integer token id"):
+        env.step(1.5)
+    env.step(env.tokenizer.eos_token_id)
+    with pytest.raises(RuntimeError, match="after the episode ended"):
+        env.step(0)

@@ -70,7 +70,14 @@ def test_lr_schedule_warms_up_then_decays_to_min():
     assert lrs[-1] == pytest.approx(0.1, abs=1e-3)
 
 
-def test_pretrain_sort_few_steps_is_reproducible(tmp_path, monkeypatch):
+@pytest.fixture
+def keep_torch_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)  # pretrain(threads=...) sets it process-wide
+
+
+def test_pretrain_sort_few_steps_is_reproducible(tmp_path, monkeypatch, keep_torch_threads):
     # A smaller data set than the real run keeps this fast; the pipeline is the same.
     cfg = dataclasses.replace(
         P.BASE_MODELS["sort"], extra={**P.BASE_MODELS["sort"].extra, "n_train": 3000}
