@@ -48,7 +48,8 @@ def test_same_seed_same_episode(env_id):
         done = False
         while not done:
             env.unwrapped.set_action_logprob(-float(rng.uniform(1, 5)))
-            obs, reward, terminated, truncated, info = env.step(int(rng.integers(1, 200)))
+            action = int(rng.integers(1, env.action_space.n))
+            obs, reward, terminated, truncated, info = env.step(action)
             trace += [obs["input_ids"].copy(), reward]
             done = terminated or truncated
         trace.append(info["text"])

@@ -82,8 +82,8 @@ class TextGenEnv(gym.Env[dict, int]):
     would silently cut off the final reward), checked on ``reset``.
 
     On the last step ``info`` holds ``rm_score``, ``kl``, ``kl_coef``, ``ref_logprobs``
-    and ``logprobs`` (log ρ and the log π used, per token, shape ``(max_new_tokens,)`` padded
-    with NaN after ``num_tokens``, the same layout as a row of the vector env), ``logprob_source``,
+    and ``logprobs`` (log ρ and the log π used, one per generated token; the vector env pads
+    them to ``(B, max_new_tokens)`` with NaN), ``logprob_source``,
     ``text`` (the completion), ``prompt``, ``num_tokens``, ``penalty`` (missing-EOS penalty
     applied), and ``gold_score`` where the task has a gold scorer.
 
@@ -214,8 +214,8 @@ def _final_info(fin: Finished, i: int) -> dict[str, Any]:
         "rm_score": float(fin.rm_score[i]),
         "kl": float(fin.kl[i]),
         "kl_coef": float(fin.kl_coef),
-        "ref_logprobs": fin.ref_logprobs[i].copy(),
-        "logprobs": fin.logprobs[i].copy(),
+        "ref_logprobs": fin.ref_logprobs[i, : fin.num_tokens[i]].copy(),
+        "logprobs": fin.logprobs[i, : fin.num_tokens[i]].copy(),
         "text": fin.text[i],
         "prompt": fin.prompt[i],
         "num_tokens": int(fin.num_tokens[i]),
