@@ -51,9 +51,9 @@ def test_wheel_contains_and_loads_builtin_models(tmp_path):
     )
     code = (
         "import textenv, textenv.models as m, gymnasium as gym;"
-        "assert m.__file__.startswith(%r), m.__file__;"
+        f"assert m.__file__.startswith({str(target)!r}), m.__file__;"
         "lm = m.load_causal_lm('builtin:prose');"
-        "env = gym.make('textenv/Sentiment-v0'); env.reset(seed=0); print('ok')" % str(target)
+        "env = gym.make('textenv/Sentiment-v0'); env.reset(seed=0); print('ok')"
     )
     env = dict(os.environ, PYTHONPATH=str(target), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     out = subprocess.run(
