@@ -11,7 +11,9 @@ suppressed). Variants:
     log-probs, RM on decoded text, KL: everything the env does);
 (c) the same sampler through B single envs from ``gym.make`` (a Python loop over envs per step);
 (d) a naive batched env that re-runs the whole prefix through the reference every step (what
-    replaying every token through a stateless env costs).
+    replaying every token through a stateless env costs);
+(f) (b) with a *fused* reward head on the reference's trunk (:mod:`textenv.fused_reward`): the
+    reference log-probs and the reward come from one forward instead of two.
 
 Variants run round-robin ``--repeats`` times and the median is kept, so a burst of load hits all
 of them alike; the CPU share other processes used during the run is recorded. Results go to
@@ -177,6 +179,19 @@ def rollout_naive(policy, naive: NaiveEnv, batch: int, gen: torch.Generator) -> 
             logits = lm.step(tokens)
 
 
+def fused_head_folder() -> str:
+    """A fused reward head (random weights: speed does not depend on them) on the reference."""
+    import tempfile
+
+    from textenv.fused_reward import FusedRewardHead
+
+    folder = Path(tempfile.mkdtemp(prefix="textenv-fused-"))
+    hidden = load_frozen_causal_lm(REFERENCE).config.hidden_size
+    weight = torch.randn(hidden, generator=torch.Generator().manual_seed(0)) / hidden**0.5
+    FusedRewardHead(REFERENCE, weight).save(folder)
+    return str(folder)
+
+
 # --------------------------------------------------------------------------- measuring
 
 
@@ -202,11 +217,19 @@ def measure(batch: int, repeats: int, with_singles: bool) -> dict:
         autoreset_mode=gym.vector.AutoresetMode.DISABLED,
         **env_kwargs(),
     )
+    fused_envs = gym.make_vec(
+        "textenv/TextGen-v0",
+        num_envs=batch,
+        vectorization_mode="vector_entry_point",
+        autoreset_mode=gym.vector.AutoresetMode.DISABLED,
+        **dict(env_kwargs(), reward=fused_head_folder()),
+    )
     variants: dict[str, Callable[[], object]] = {
         "a_generate": lambda: run_generate(policy, batch, gen),
         "o_model_work": lambda: run_model_work(policy, reference, rm, batch, gen),
         "b_native_env": lambda: rollout_native(policy, envs, batch, gen),
         "d_naive_env": lambda: rollout_naive(policy, NaiveEnv(reference, rm), batch, gen),
+        "f_native_env_fused_rm": lambda: rollout_native(policy, fused_envs, batch, gen),
     }
     if with_singles:
         singles = [gym.make("textenv/TextGen-v0", **env_kwargs()) for _ in range(batch)]
@@ -231,6 +254,8 @@ def measure(batch: int, repeats: int, with_singles: bool) -> dict:
         "b/a": b / tok_s["a_generate"],
         "o/a": tok_s["o_model_work"] / tok_s["a_generate"],
         "b/d": b / tok_s["d_naive_env"],
+        "f/a": tok_s["f_native_env_fused_rm"] / tok_s["a_generate"],
+        "f/b": tok_s["f_native_env_fused_rm"] / b,
     }
     if with_singles:
         ratios["b/c"] = b / tok_s["c_single_envs"]
@@ -307,16 +332,16 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(result, indent=2))
     lines = [
         "| B | (a) generate | (o) model work | (b) native env | (c) single envs | (d) naive env "
-        "| b/o | b/a | b/c | b/d |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| (f) native env, fused RM | b/o | b/a | b/c | b/d | f/a |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         t, r = row["tokens_per_s"], row["ratios"]
         lines.append(
             f"| {row['batch']} | {t['a_generate']:.0f} | {t['o_model_work']:.0f} | "
             f"{t['b_native_env']:.0f} | {t.get('c_single_envs', float('nan')):.0f} | "
-            f"{t['d_naive_env']:.0f} | {r['b/o']:.2f} | {r['b/a']:.2f} | "
-            f"{r.get('b/c', float('nan')):.2f} | {r['b/d']:.2f} |"
+            f"{t['d_naive_env']:.0f} | {t['f_native_env_fused_rm']:.0f} | {r['b/o']:.2f} | "
+            f"{r['b/a']:.2f} | {r.get('b/c', float('nan')):.2f} | {r['b/d']:.2f} | {r['f/a']:.2f} |"
         )
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")

@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from textenv.fused_reward import FusedRewardHead, logprobs_and_reward
 from textenv.kl import KL_ESTIMATORS, kl_estimate, make_kl_controller
 from textenv.models import load_frozen_causal_lm, load_tokenizer, resolve_dtype
 from textenv.prompts import Prompt, load_prompts
-from textenv.rewards import load_reward, score
+from textenv.rewards import check_scores, load_reward, score
 from textenv.sampling import IncrementalLM, SamplingConfig, next_token_logprobs, sequence_logprobs
 
 __all__ = ["EnvConfig", "EpisodeBatch", "Finished", "DEFAULT_PROMPTS", "KL_REWARD_MODES"]
@@ -124,6 +125,10 @@ class EpisodeBatch:
         self.reference = load_frozen_causal_lm(config.reference, config.device, config.dtype)
         self.reward_fn = load_reward(config.reward, config.device, config.dtype)
         self.gold_fn = load_reward(config.gold, config.device) if config.gold else None
+        fused = isinstance(self.reward_fn, FusedRewardHead)
+        self.fused_reward = (
+            self.reward_fn if fused and self.reward_fn.model is self.reference else None
+        )
         self.prompts: list[Prompt] = load_prompts(
             config.prompts, config.split, eval_fraction=config.eval_fraction
         )
@@ -294,8 +299,27 @@ class EpisodeBatch:
         """Score all rows that finished on this step: one reference pass, one RM call."""
         n_tok = self.n_gen[rows].copy()
         width = int(n_tok.max())
+        rm = None
         if self.incremental:
             ref = self.step_ref[rows].copy()
+        elif self.fused_reward is not None:
+            # The reward head shares the reference's trunk: log ρ and the reward in one forward.
+            gen = torch.as_tensor(self.obs_ids[rows, self.P : self.P + width], device=self.device)
+            gen_mask = torch.as_tensor(
+                self.obs_mask[rows, self.P : self.P + width], device=self.device
+            )
+            lp, rm = logprobs_and_reward(
+                self.fused_reward,
+                torch.as_tensor(self.obs_ids[rows, : self.P], device=self.device),
+                torch.as_tensor(self.obs_mask[rows, : self.P], device=self.device),
+                gen,
+                gen_mask,
+                self.config.temperature,
+            )
+            rm = check_scores(rm, len(rows), name=f"fused reward head {self.config.reward!r}")
+            ref = np.full((len(rows), self.N), np.nan)
+            ref[:, :width] = lp.double().cpu().numpy()
+            ref[:, :width][gen_mask.cpu().numpy() == 0] = np.nan
         else:
             gen = torch.as_tensor(self.obs_ids[rows, self.P : self.P + width], device=self.device)
             gen_mask = torch.as_tensor(
@@ -323,9 +347,14 @@ class EpisodeBatch:
         for r, n in zip(rows, n_tok):
             ids = self.obs_ids[r, self.P : self.P + n]
             texts.append(self.tokenizer.decode(ids, skip_special_tokens=True))
-        rm = score(
-            self.reward_fn, prompts, texts, metadata, name=f"reward model {self.config.reward!r}"
-        )
+        if rm is None:
+            rm = score(
+                self.reward_fn,
+                prompts,
+                texts,
+                metadata,
+                name=f"reward model {self.config.reward!r}",
+            )
         gold = None
         if self.gold_fn is not None:
             gold = score(

@@ -57,6 +57,7 @@ __all__ = [
     "clear_cache",
     "model_cache_size",
     "cache_kwarg",
+    "cached_frozen",
     "output_cache",
 ]
 
@@ -275,7 +276,8 @@ def model_cache_size() -> int:
     return len(_CACHE)
 
 
-def _cached(kind: str, spec: str, device: str, dtype: torch.dtype, build: Any) -> Any:
+def cached_frozen(kind: str, spec: str, device: str, dtype: torch.dtype, build: Any) -> Any:
+    """``build()`` once per ``(kind, spec, device, dtype)`` in this process; shared after."""
     key = (kind, spec, str(torch.device(device)), str(dtype))
     with _CACHE_LOCK:
         if key not in _CACHE:
@@ -301,7 +303,7 @@ def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
         tok.padding_side = "left"
         return tok
 
-    return _cached("tokenizer", spec, "cpu", torch.float32, build)
+    return cached_frozen("tokenizer", spec, "cpu", torch.float32, build)
 
 
 def check_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, spec: str) -> None:
@@ -351,7 +353,7 @@ def load_frozen_causal_lm(
 ) -> PreTrainedModel:
     """A frozen, process-wide shared causal LM (the reference policy)."""
     torch_dtype = resolve_dtype(dtype)
-    return _cached(
+    return cached_frozen(
         "causal_lm",
         spec,
         str(device),
@@ -383,4 +385,4 @@ def load_sequence_classifier(
         model.to(device=device, dtype=torch_dtype)
         return _freeze(model)
 
-    return _cached("reward_model", spec, str(device), torch_dtype, build)
+    return cached_frozen("reward_model", spec, str(device), torch_dtype, build)

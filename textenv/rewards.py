@@ -20,6 +20,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from textenv.models import (
+    cached_frozen,
     import_callable,
     is_callable_spec,
     load_sequence_classifier,
@@ -34,6 +35,7 @@ __all__ = [
     "SequenceClassifierReward",
     "load_reward",
     "score",
+    "check_scores",
 ]
 
 
@@ -105,11 +107,23 @@ def load_reward(
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype | None = None,
 ) -> RewardFunction:
-    """A reward function from a spec (``"module:function"``, RM folder, hub name, ``"tiny-rm"``)."""
+    """A reward function from a spec: ``"module:function"``, an RM folder (a sequence classifier or
+    a fused reward head, see :mod:`textenv.fused_reward`), a hub name, or ``"tiny-rm"``."""
     if callable(spec):
         return spec
     if is_callable_spec(spec):
         return import_callable(spec)
+    from textenv.fused_reward import FusedRewardHead, is_fused_reward_folder
+
+    if is_fused_reward_folder(spec):
+        torch_dtype = resolve_dtype(dtype)
+        return cached_frozen(
+            "fused_reward",
+            str(spec),
+            str(device),
+            torch_dtype,
+            lambda: FusedRewardHead.load(spec, device, torch_dtype),
+        )
     model = load_sequence_classifier(spec, device, resolve_dtype(dtype))
     # One wrapper per frozen model, so its call counter is shared like the model itself.
     wrapper = getattr(model, "_textenv_reward", None)
@@ -128,22 +142,26 @@ def score(
     name: str = "reward model",
 ) -> np.ndarray:
     """Call ``reward`` and check the result: one finite float per completion."""
-    raw = reward(prompts, completions, metadata)
+    values = check_scores(reward(prompts, completions, metadata), len(completions), name=name)
+    return values
+
+
+def check_scores(raw: Any, expected: int, *, name: str = "reward model") -> np.ndarray:
+    """``raw`` as a float64 array of ``expected`` finite scores, or a :class:`RewardModelError`."""
     if isinstance(raw, torch.Tensor):
         raw = raw.detach().float().cpu().numpy()
     try:
         values = np.asarray(raw, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError) as exc:
         raise RewardModelError(f"{name} returned non-numeric scores: {raw!r:.200}") from exc
-    if values.shape[0] != len(completions):
+    if values.shape[0] != expected:
         raise RewardModelError(
-            f"{name} returned {values.shape[0]} scores for {len(completions)} completions"
+            f"{name} returned {values.shape[0]} scores for {expected} completions"
         )
     bad = ~np.isfinite(values)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise RewardModelError(
-            f"{name} returned a non-finite score ({values[i]}) for completion {i}: "
-            f"{completions[i]!r:.120}"
+            f"{name} returned a non-finite score ({values[i]}) for completion {i}"
         )
     return values
