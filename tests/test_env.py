@@ -174,6 +174,14 @@ def test_missing_eos_penalty(tiny_kwargs):
     assert truncated and r == pytest.approx(info["rm_score"] - 2.0)
 
 
+def test_kl_coef_can_be_set_and_is_validated(tiny_kwargs):
+    env = gym.make("textenv/TextGen-v0", **tiny_kwargs).unwrapped
+    env.kl_coef = 0.3
+    assert env.kl_coef == 0.3
+    with pytest.raises(ValueError, match="β must be a finite number ≥ 0"):
+        env.kl_coef = -1.0
+
+
 def test_adaptive_kl_coefficient_moves(tiny_kwargs):
     env = gym.make("textenv/TextGen-v0", **tiny_kwargs, kl_target=0.01, kl_horizon=10)
     env.reset(seed=0)
@@ -217,10 +225,14 @@ def test_max_episode_steps_mismatch_raises(tiny_kwargs):
     env = gym.make("textenv/TextGen-v0", **kwargs)
     with pytest.raises(ValueError, match="max_episode_steps=3 does not match max_new_tokens=5"):
         env.reset(seed=0)
-    with pytest.raises(ValueError, match="does not match max_new_tokens"):
-        gym.make_vec(
-            "textenv/TextGen-v0", num_envs=2, vectorization_mode="vector_entry_point", **kwargs
-        )
+    # the native vector env has no TimeLimit: overriding max_new_tokens alone is safe there
+    envs = gym.make_vec(
+        "textenv/TextGen-v0", num_envs=2, vectorization_mode="vector_entry_point", max_new_tokens=3
+    )
+    envs.reset(seed=0)
+    for _ in range(3):
+        *_, truncated, _ = envs.step(np.array([65, 65]))
+    assert truncated.all()
 
 
 def test_frozen_models_are_shared_between_envs(tiny_kwargs):

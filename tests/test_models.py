@@ -76,3 +76,19 @@ def test_vocab_mismatch_is_an_error(tmp_path):
     byte_tokenizer().save_pretrained(tmp_path)
     with pytest.raises(ModelLoadError, match="tokenizer has 257 tokens but the model only 100"):
         load_causal_lm(str(tmp_path))
+
+
+def test_retrained_folder_is_not_served_from_a_stale_cache(tmp_path):
+    import os
+    import time
+
+    load_causal_lm("tiny:seed=1").save_pretrained(tmp_path)
+    byte_tokenizer().save_pretrained(tmp_path)
+    first = load_frozen_causal_lm(str(tmp_path))
+    assert first is load_frozen_causal_lm(str(tmp_path))
+    time.sleep(0.01)
+    load_causal_lm("tiny:seed=2").save_pretrained(tmp_path)
+    os.utime(tmp_path / "config.json")
+    second = load_frozen_causal_lm(str(tmp_path))
+    assert second is not first
+    assert not torch.equal(first.lm_head.weight, second.lm_head.weight)

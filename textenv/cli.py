@@ -15,7 +15,12 @@ __all__ = ["main", "build_parser", "COMMAND_MODULES"]
 
 # Modules that add sub-commands: each defines ``register_cli(subparsers)`` and keeps its heavy
 # imports inside the command function, so ``textenv --help`` stays fast.
-COMMAND_MODULES: list[str] = ["textenv.preferences", "textenv.labelling", "textenv.reward_training"]
+COMMAND_MODULES: list[str] = [
+    "textenv.preferences",
+    "textenv.labelling",
+    "textenv.reward_training",
+    "agents.cli",
+]
 
 # The env the demo runs when none is named.
 DEFAULT_ENV = "textenv/Sentiment-v0"

@@ -388,6 +388,12 @@ class EpisodeBatch:
         # per_token: the last token's −β·k was already added in apply(); "none": RM only.
         return reward
 
+    def set_kl_coef(self, value: float) -> None:
+        value = float(value)
+        if not (np.isfinite(value) and value >= 0):
+            raise ValueError(f"KL coefficient β must be a finite number ≥ 0, got {value}")
+        self.controller.value = value
+
     def warn_no_logprob(self) -> None:
         if not self.warned_no_logprob:
             self.warned_no_logprob = True

@@ -116,8 +116,12 @@ class TextGenEnv(gym.Env[dict, int]):
 
     @property
     def kl_coef(self) -> float:
-        """The current β."""
+        """The current β (settable, e.g. to restore an adaptive controller on resume)."""
         return self.core.controller.value
+
+    @kl_coef.setter
+    def kl_coef(self, value: float) -> None:
+        self.core.set_kl_coef(value)
 
     @property
     def tokenizer(self) -> Any:

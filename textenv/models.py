@@ -276,9 +276,17 @@ def model_cache_size() -> int:
     return len(_CACHE)
 
 
+def _folder_version(spec: str) -> str:
+    """For a local folder, its files' latest mtime: a retrained folder is not served stale."""
+    path = Path(os.path.expanduser(spec)) if not spec.startswith(("tiny", "builtin:")) else None
+    if path is None or not path.is_dir():
+        return ""
+    return "@" + str(max((f.stat().st_mtime_ns for f in path.iterdir() if f.is_file()), default=0))
+
+
 def cached_frozen(kind: str, spec: str, device: str, dtype: torch.dtype, build: Any) -> Any:
     """``build()`` once per ``(kind, spec, device, dtype)`` in this process; shared after."""
-    key = (kind, spec, str(torch.device(device)), str(dtype))
+    key = (kind, spec + _folder_version(spec), str(torch.device(device)), str(dtype))
     with _CACHE_LOCK:
         if key not in _CACHE:
             _CACHE[key] = build()

@@ -66,7 +66,12 @@ class SequenceClassifierReward:
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
-        self.max_length = max_length
+        positions = getattr(model.config, "n_positions", None) or getattr(
+            model.config, "max_position_embeddings", None
+        )
+        self.max_length = min(max_length, positions) if positions else max_length
+        # An over-long text loses its start, never the completion the reward is about.
+        self.tokenizer.truncation_side = "left"
         self.batch_size = batch_size
         self.mean = float(getattr(model.config, "reward_mean", 0.0) or 0.0)
         self.std = float(getattr(model.config, "reward_std", 1.0) or 1.0)

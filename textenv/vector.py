@@ -58,11 +58,10 @@ class TextGenVectorEnv(VectorEnv):
         self.num_envs = num_envs
         self.render_mode = None
         self.config = EnvConfig(**kwargs)
-        if max_episode_steps is not None and max_episode_steps != self.config.max_new_tokens:
-            raise ValueError(
-                f"max_episode_steps={max_episode_steps} does not match max_new_tokens="
-                f"{self.config.max_new_tokens}; pass both with the same value"
-            )
+        # gym.make_vec passes the registered max_episode_steps along; the native env has no
+        # TimeLimit that could cut an episode before it is scored (it truncates itself at
+        # max_new_tokens), so overriding only max_new_tokens is safe here and the value is unused.
+        del max_episode_steps
         self.core = EpisodeBatch(self.config, batch_size=num_envs)
         self.single_observation_space = self.core.observation_space()
         self.single_action_space = self.core.action_space()
@@ -77,7 +76,12 @@ class TextGenVectorEnv(VectorEnv):
 
     @property
     def kl_coef(self) -> float:
+        """The current β (settable, e.g. to restore an adaptive controller on resume)."""
         return self.core.controller.value
+
+    @kl_coef.setter
+    def kl_coef(self, value: float) -> None:
+        self.core.set_kl_coef(value)
 
     @property
     def tokenizer(self) -> Any:
@@ -93,9 +97,9 @@ class TextGenVectorEnv(VectorEnv):
         arr = np.asarray(logprobs, dtype=np.float64).reshape(-1)
         if arr.shape[0] != self.num_envs:
             raise ValueError(f"expected {self.num_envs} log-probs, got {arr.shape[0]}")
-        given = ~np.isnan(arr)
-        for x in arr[given]:
-            validate_logprob(x)
+        bad = np.isinf(arr) | (arr > 1e-4)
+        if bad.any():
+            validate_logprob(arr[np.flatnonzero(bad)[0]])  # raises with the offending value
         self._pending = np.minimum(arr, 0.0)
 
     def action_masks(self) -> np.ndarray:
