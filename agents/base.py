@@ -353,7 +353,7 @@ class Agent:
         unknown = set(overrides) - names
         if unknown:
             raise ValueError(f"unknown config fields for {cls.__name__}: {sorted(unknown)}")
-        config = cls.config_class(**{k: v for k, v in raw.items() if k in names}, **overrides)
+        config = cls.config_class(**{**{k: v for k, v in raw.items() if k in names}, **overrides})
         state = torch.load(path / "agent.pt", map_location=config.device, weights_only=False)
         if state.get("algo") != cls.algo:
             raise ValueError(f"{path} holds a {state.get('algo')!r} agent, not {cls.algo!r}")

@@ -176,7 +176,9 @@ def test_resume_gives_the_same_weights(tmp_path, agent_cls, config_cls, kw):
     straight = agent_cls(cfg).learn(10**6, iterations=2)
     first = agent_cls(cfg).learn(10**6, iterations=1)
     first.save(tmp_path / "ckpt")
-    resumed = agent_cls.load(tmp_path / "ckpt").learn(10**6, iterations=1)
+    resumed = agent_cls.load(tmp_path / "ckpt", progress=False)  # overrides a saved field
+    assert resumed.config.progress is False
+    resumed.learn(10**6, iterations=1)
     assert resumed.iteration == 2 and resumed.tokens_seen == straight.tokens_seen
     torch.testing.assert_close(_weights(resumed), _weights(straight), atol=0, rtol=0)
     assert resumed.env.kl_coef == straight.env.kl_coef

@@ -20,6 +20,7 @@ COMMAND_MODULES: list[str] = [
     "textenv.labelling",
     "textenv.reward_training",
     "agents.cli",
+    "textenv.pipeline",
 ]
 
 # The env the demo runs when none is named.

@@ -1,8 +1,10 @@
 """A reward model that is a scalar head on the frozen reference LM's own trunk.
 
 InstructGPT initialises its reward model from the SFT model; taken one step further, the reward
-can *share* the frozen reference's trunk: ``r = w·h_last + b`` with ``h_last`` the reference's last
-hidden state at the last token of ``prompt + completion``. The env then gets the reference
+can *share* the frozen reference's trunk: ``r = w·h̄ + b`` with ``h̄`` the mean of the reference's
+last hidden states over the completion's tokens (in the context of the prompt). Mean pooling,
+rather than the last token's state, is what lets a linear head on a small frozen trunk read
+properties spread over the whole completion (sentiment words anywhere in it). The env then gets the reference
 log-probs and the reward from **one** forward instead of two (see ``benchmarks/throughput.py
 --fused``). Only the head is trained (a Bradley–Terry linear probe on frozen features), so
 training takes seconds; the accuracy cost against a separately fine-tuned backbone is measured in
@@ -10,8 +12,9 @@ training takes seconds; the accuracy cost against a separately fine-tuned backbo
 
 A fused head is saved as a folder holding ``fused_reward.json`` (the reference spec, hidden size,
 normalisation) and ``head.safetensors``; :func:`textenv.rewards.load_reward` recognises it.
-Scoring position: the last token of ``prompt_ids + completion_ids`` that is not EOS (the env's
-completions may end with EOS, preference texts do not: both read the same position).
+Pooled positions: the completion's tokens other than EOS (the env's completions may end with
+EOS, preference texts do not: both pool the same tokens); an empty completion is read at the
+prompt's last token.
 """
 
 from __future__ import annotations
@@ -45,14 +48,16 @@ def is_fused_reward_folder(spec: Any) -> bool:
     return isinstance(spec, (str, Path)) and (Path(str(spec)).expanduser() / CONFIG_NAME).is_file()
 
 
-def last_real_index(ids: torch.Tensor, mask: torch.Tensor, eos_id: int) -> torch.Tensor:
-    """Per row, the index of the last attended token that is not EOS (falls back to the last)."""
-    positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
-    real = (mask > 0) & (ids != eos_id)
-    attended = mask > 0
-    last_real = torch.where(real, positions, -1).max(-1).values
-    last_any = torch.where(attended, positions, -1).max(-1).values
-    return torch.where(last_real >= 0, last_real, last_any)
+def pool(hidden: torch.Tensor, completion_mask: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``hidden`` (B, T, d) over completion positions; the last attended position for
+    rows with an empty completion."""
+    weights = completion_mask.to(hidden.dtype)
+    count = weights.sum(-1, keepdim=True)
+    mean = (hidden * weights[..., None]).sum(1) / count.clamp_min(1.0)
+    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    last = torch.where(mask > 0, positions, -1).max(-1).values
+    fallback = hidden[torch.arange(hidden.shape[0]), last]
+    return torch.where(count > 0, mean, fallback)
 
 
 class FusedRewardHead:
@@ -85,8 +90,10 @@ class FusedRewardHead:
         return ((raw - self.mean) / self.std).double().cpu().numpy()
 
     @torch.no_grad()
-    def features(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Last hidden state at the scoring position of each left-padded row ``(B, d)``."""
+    def features(
+        self, ids: torch.Tensor, mask: torch.Tensor, completion_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Pooled last hidden states ``(B, d)`` of left-padded rows."""
         out = self.model(
             input_ids=ids,
             attention_mask=mask,
@@ -94,37 +101,40 @@ class FusedRewardHead:
             output_hidden_states=True,
             logits_to_keep=1,
         )
-        index = last_real_index(ids, mask, self.tokenizer.eos_token_id)
-        return out.hidden_states[-1][torch.arange(ids.shape[0]), index]
+        return pool(out.hidden_states[-1], completion_mask, mask)
 
     def encode(
         self, prompts: Sequence[str], completions: Sequence[str], max_length: int | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded ids of ``prompt_ids + completion_ids`` (each part tokenised on its own,
-        as the env lays them out), left-truncated to the model's positions."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Left-padded ``prompt_ids + completion_ids`` (each part tokenised on its own, as the
+        env lays them out), left-truncated to the model's positions, with the completion mask."""
         limit = max_length or getattr(self.model.config, "n_positions", 1024)
+        eos = self.tokenizer.eos_token_id
         rows = []
         for p, c in zip(prompts, completions):
-            ids = self.tokenizer(p, add_special_tokens=False)["input_ids"]
-            ids = ids + self.tokenizer(c, add_special_tokens=False)["input_ids"]
-            rows.append((ids or [self.tokenizer.eos_token_id])[-limit:])
-        width = max(len(r) for r in rows)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            prompt = self.tokenizer(p, add_special_tokens=False)["input_ids"] or [eos]
+            completion = self.tokenizer(c, add_special_tokens=False)["input_ids"]
+            ids = (prompt + completion)[-limit:]
+            rows.append((ids, min(len(completion), len(ids))))
+        width = max(len(r) for r, _ in rows)
+        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
+        completion_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (r, n_completion) in enumerate(rows):
             ids[i, width - len(r) :] = torch.tensor(r)
             mask[i, width - len(r) :] = 1
+            if n_completion:
+                completion_mask[i, width - n_completion :] = 1
+        completion_mask &= (ids != eos).long()
         device = self.weight.device
-        return ids.to(device), mask.to(device)
+        return ids.to(device), mask.to(device), completion_mask.to(device)
 
     def __call__(
         self, prompts: list[str], completions: list[str], metadata: list[dict[str, Any]]
     ) -> np.ndarray:
         """Standalone scoring of texts (one reference forward)."""
         self.calls += 1
-        ids, mask = self.encode(prompts, completions)
-        return self.score_hidden(self.features(ids, mask))
+        return self.score_hidden(self.features(*self.encode(prompts, completions)))
 
     # ------------------------------------------------------------------ persistence
 
@@ -279,6 +289,7 @@ def logprobs_and_reward(
     )
     logits = out.logits[:, :-1].float() / temperature
     logprobs = torch.log_softmax(logits, -1).gather(-1, completion_ids[..., None]).squeeze(-1)
-    index = last_real_index(ids, mask, head.tokenizer.eos_token_id)
+    completion = torch.zeros_like(mask)
+    completion[:, -n:] = completion_mask.long() * (completion_ids != head.tokenizer.eos_token_id)
     head.calls += 1
-    return logprobs, head.score_hidden(out.hidden_states[-1][torch.arange(ids.shape[0]), index])
+    return logprobs, head.score_hidden(pool(out.hidden_states[-1], completion, mask))

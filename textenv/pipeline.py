@@ -1,0 +1,450 @@
+"""``textenv run``: the whole RLHF loop on a built-in task, offline, in minutes on a CPU.
+
+Stages (each writes its outputs into the run folder and a ``done.json`` marker, so
+``--resume RUN_DIR`` skips what is finished and the policy stage continues from its last
+checkpoint):
+
+1. ``samples``      K completions per train prompt from the base LM (the task's reference);
+2. ``preferences``  a simulated labeller (the task's gold scorer + Bradley–Terry noise) compares
+                    them (Gao et al. 2022); ties are skipped and counted;
+3. ``reward_model`` a reward model fitted to those preferences (a fused head on the reference's
+                    trunk by default, or a fine-tuned backbone), with its held-out accuracy;
+4. ``policy``       RL (PPO by default; GRPO, RLOO) against the env whose reward is the learned
+                    RM minus β·KL; every ``eval_every`` iterations the policy is evaluated on
+                    held-out prompts (proxy RM score, gold score, KL) and checkpointed;
+5. ``evaluation``   base LM vs trained policy on the eval prompts (mean ± standard error),
+                    sample texts, and a plot of gold and proxy reward against KL.
+
+The agents are imported lazily: ``textenv`` itself never depends on ``agents``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["RunConfig", "run", "register_cli"]
+
+TASK_IDS = {"sentiment": "textenv/Sentiment-v0", "sort": "textenv/Sort-v0"}
+STAGES = ("samples", "preferences", "reward_model", "policy", "evaluation")
+
+
+@dataclass
+class RunConfig:
+    """Everything a run depends on; saved as ``config.json`` in the run folder.
+
+    Attributes:
+        task: built-in task (``sentiment`` or ``sort``).
+        algo: ``ppo``, ``grpo`` or ``rloo``.
+        seed: seeds every stage.
+        n_prompts: train prompts sampled for labelling; ``k`` completions each.
+        label_temperature: Bradley–Terry noise of the simulated labeller (in gold-score units).
+        rm: ``fused`` (linear head on the frozen reference trunk: seconds to train, and the env
+            gets log ρ and the reward from one forward) or ``backbone`` (fine-tuned copy of the
+            base LM with a score head).
+        rm_epochs: epochs for the ``backbone`` RM.
+        iterations: RL iterations of ``num_envs`` episodes each.
+        lr, kl_coef: policy learning rate and the env's β.
+        eval_every: RL iterations between evaluations (points of the reward-vs-KL plot).
+        eval_prompts: held-out prompts per evaluation (the final table uses ``2×``).
+    """
+
+    task: str = "sentiment"
+    algo: str = "ppo"
+    seed: int = 0
+    n_prompts: int = 1024
+    k: int = 4
+    label_temperature: float = 0.1
+    rm: str = "backbone"
+    rm_epochs: int = 2
+    iterations: int = 60
+    num_envs: int = 64
+    lr: float = 1e-4
+    kl_coef: float = 0.05
+    eval_every: int = 10
+    eval_prompts: int = 128
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> RunConfig:
+        """About a minute: small data, a few RL iterations (what the tests run)."""
+        base = dict(
+            n_prompts=96, k=4, rm_epochs=1, iterations=6, num_envs=32, eval_every=3, eval_prompts=32
+        )
+        return cls(**{**base, **overrides})
+
+    def validate(self) -> None:
+        if self.task not in TASK_IDS:
+            raise ValueError(f"task must be one of {sorted(TASK_IDS)}, got {self.task!r}")
+        if self.algo not in ("ppo", "grpo", "rloo"):
+            raise ValueError(f"algo must be ppo, grpo or rloo, got {self.algo!r}")
+        if self.rm not in ("fused", "backbone"):
+            raise ValueError(f"rm must be 'fused' or 'backbone', got {self.rm!r}")
+        for name in ("n_prompts", "iterations", "num_envs", "eval_every", "eval_prompts"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.k < 2:
+            raise ValueError(f"k must be ≥ 2 to compare completions, got {self.k}")
+
+    @property
+    def env_id(self) -> str:
+        return TASK_IDS[self.task]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _task(config: RunConfig) -> dict[str, Any]:
+    import importlib
+
+    return dict(importlib.import_module(f"textenv.tasks.{config.task}").TASK)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=float))
+    os.replace(tmp, path)
+
+
+def _done(run_dir: Path, stage: str) -> dict[str, Any] | None:
+    marker = run_dir / stage / "done.json"
+    return json.loads(marker.read_text()) if marker.is_file() else None
+
+
+def _finish(run_dir: Path, stage: str, summary: dict[str, Any], line: str) -> dict[str, Any]:
+    _write_json(run_dir / stage / "done.json", summary)
+    print(f"[{stage}] {line}", flush=True)
+    return summary
+
+
+def _stat(values: np.ndarray) -> tuple[float, float]:
+    values = np.asarray(values, dtype=np.float64)
+    return float(values.mean()), float(values.std(ddof=1) / np.sqrt(len(values)))
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def stage_samples(config: RunConfig, run_dir: Path) -> dict[str, Any]:
+    from textenv.preferences import sample_completions, write_jsonl
+
+    task = _task(config)
+    started = time.perf_counter()
+    rows = sample_completions(
+        task["reference"],
+        task["prompts"],
+        k=config.k,
+        max_new_tokens=task["max_new_tokens"],
+        max_prompt_tokens=task["max_prompt_tokens"],
+        seed=config.seed,
+        split="train",
+        n_prompts=config.n_prompts,
+        progress=True,
+    )
+    write_jsonl(run_dir / "samples" / "samples.jsonl", rows)
+    n = sum(len(r.completions) for r in rows)
+    return _finish(
+        run_dir,
+        "samples",
+        {"prompts": len(rows), "completions": n, "time_s": time.perf_counter() - started},
+        f"{n} completions of {len(rows)} train prompts from {task['reference']}",
+    )
+
+
+def stage_preferences(config: RunConfig, run_dir: Path) -> dict[str, Any]:
+    from textenv.preferences import SimulatedLabeller, read_rankings, write_jsonl
+
+    task = _task(config)
+    rows = read_rankings(run_dir / "samples" / "samples.jsonl")
+    labeller = SimulatedLabeller(
+        task["gold"], temperature=config.label_temperature, ties="skip", seed=config.seed
+    )
+    result = labeller.label_samples(rows, mode="pairs")
+    write_jsonl(run_dir / "preferences" / "preferences.jsonl", result.items)
+    summary = result.summary()
+    return _finish(
+        run_dir,
+        "preferences",
+        summary,
+        f"{summary['labelled']} pairs labelled by the gold scorer (T={config.label_temperature}), "
+        f"{summary['skipped_ties']} ties skipped, noise ceiling {summary['noise_ceiling']:.3f}",
+    )
+
+
+def stage_reward_model(config: RunConfig, run_dir: Path) -> dict[str, Any]:
+    task = _task(config)
+    pairs = run_dir / "preferences" / "preferences.jsonl"
+    out = run_dir / "reward_model" / "rm"
+    started = time.perf_counter()
+    if config.rm == "fused":
+        from textenv.fused_reward import train_fused_head
+
+        metrics = train_fused_head(pairs, out, reference=task["reference"], seed=config.seed)
+        accuracy = metrics["val_accuracy"]
+    else:
+        from textenv.reward_training import train_reward_model
+
+        metrics = train_reward_model(
+            pairs, out, backbone=task["reference"], epochs=config.rm_epochs, seed=config.seed
+        )
+        accuracy = metrics.get("val_accuracy", metrics.get("best", {}).get("val_accuracy"))
+    summary = {"kind": config.rm, "val_accuracy": accuracy, "time_s": time.perf_counter() - started}
+    return _finish(
+        run_dir,
+        "reward_model",
+        summary,
+        f"{config.rm} reward model: held-out pair accuracy {accuracy:.3f} "
+        f"({summary['time_s']:.0f} s)",
+    )
+
+
+def _env_kwargs(config: RunConfig, run_dir: Path) -> dict[str, Any]:
+    return {"reward": str(run_dir / "reward_model" / "rm"), "kl_coef": config.kl_coef}
+
+
+def stage_policy(config: RunConfig, run_dir: Path) -> dict[str, Any]:
+    from agents import ALGORITHMS
+    from textenv.evaluation import evaluate
+
+    agent_cls, config_cls = ALGORITHMS[config.algo]
+    stage_dir = run_dir / "policy"
+    checkpoint = stage_dir / "checkpoint"
+    curve_path = stage_dir / "curve.json"
+    env_kwargs = _env_kwargs(config, run_dir)
+    if (checkpoint / "agent.pt").is_file():
+        agent = agent_cls.load(checkpoint, progress=False)
+        curve = json.loads(curve_path.read_text()) if curve_path.is_file() else []
+        curve = [p for p in curve if p["iteration"] <= agent.iteration]
+        print(f"[policy] resuming from iteration {agent.iteration}", flush=True)
+    else:
+        extra = {"group_size": 8} if config.algo == "grpo" else {}
+        agent = agent_cls(
+            config_cls(
+                env_id=config.env_id,
+                env_kwargs=env_kwargs,
+                num_envs=config.num_envs,
+                lr=config.lr,
+                seed=config.seed,
+                log_dir=str(stage_dir / "logs"),
+                progress=False,
+                **extra,
+            )
+        )
+        curve = []
+
+    def point() -> dict[str, Any]:
+        ev = evaluate(
+            agent.policy.model,
+            config.env_id,
+            n_prompts=config.eval_prompts,
+            seed=config.seed + 1,
+            **env_kwargs,
+        )
+        return {"iteration": agent.iteration, "tokens": agent.tokens_seen, **ev.as_dict()}
+
+    from tqdm.auto import tqdm
+
+    if not curve:
+        curve.append(point())
+    started = time.perf_counter()
+    bar = tqdm(total=config.iterations, initial=agent.iteration, desc=f"policy ({config.algo})")
+    while agent.iteration < config.iterations:
+        chunk = min(config.eval_every, config.iterations - agent.iteration)
+        agent.learn(10**12, iterations=chunk)
+        bar.update(chunk)
+        curve.append(point())
+        last = curve[-1]
+        bar.set_postfix(
+            gold=f"{last['gold_score']['mean']:+.3f}",
+            proxy=f"{last['rm_score']['mean']:+.3f}",
+            kl=f"{last['kl']['mean']:.2f}",
+        )
+        agent.save(checkpoint)
+        _write_json(curve_path, curve)
+    bar.close()
+    _write_json(curve_path, curve)
+    agent.policy.model.save_pretrained(stage_dir / "final")
+    agent.policy.tokenizer.save_pretrained(stage_dir / "final")
+    last = curve[-1]
+    agent.close()
+    return _finish(
+        run_dir,
+        "policy",
+        {
+            "iterations": agent.iteration,
+            "tokens": agent.tokens_seen,
+            "time_s": time.perf_counter() - started,
+        },
+        f"{agent.iteration} iterations, {agent.tokens_seen} tokens: gold "
+        f"{last['gold_score']['mean']:+.3f}, proxy {last['rm_score']['mean']:+.3f}, "
+        f"KL {last['kl']['mean']:.2f} on held-out prompts",
+    )
+
+
+def _plot(curve: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kl = [p["kl"]["mean"] for p in curve]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in (("gold_score", "gold score"), ("rm_score", "proxy RM score")):
+        mean = np.array([p[key]["mean"] for p in curve])
+        sem = np.array([p[key]["sem"] for p in curve])
+        ax.plot(kl, mean, marker="o", label=label)
+        ax.fill_between(kl, mean - sem, mean + sem, alpha=0.2)
+    ax.set_xlabel("KL(π ‖ ρ) per episode (held-out prompts)")
+    ax.set_ylabel("score (mean ± s.e.)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def stage_evaluation(config: RunConfig, run_dir: Path) -> dict[str, Any]:
+    from textenv.evaluation import evaluate
+
+    task = _task(config)
+    env_kwargs = _env_kwargs(config, run_dir)
+    n = 2 * config.eval_prompts
+    seed = config.seed + 2
+    before = evaluate(task["reference"], config.env_id, n_prompts=n, seed=seed, **env_kwargs)
+    after = evaluate(
+        str(run_dir / "policy" / "final"), config.env_id, n_prompts=n, seed=seed, **env_kwargs
+    )
+    rows = {}
+    for key, label in (("rm_score", "proxy RM"), ("gold_score", "gold"), ("kl", "KL")):
+        rows[label] = {
+            "before": before.metrics[key].__dict__,
+            "after": after.metrics[key].__dict__,
+        }
+    gold_gain = after.metrics["gold_score"].mean - before.metrics["gold_score"].mean
+    gain_se = float(np.hypot(after.metrics["gold_score"].sem, before.metrics["gold_score"].sem))
+    samples = [
+        {"prompt": p, "before": b, "after": a}
+        for p, b, a in list(zip(before.prompts, before.texts, after.texts))[:4]
+    ]
+    curve = json.loads((run_dir / "policy" / "curve.json").read_text())
+    plot = run_dir / "evaluation" / "reward_vs_kl.png"
+    _plot(curve, plot, f"{config.env_id}: {config.algo.upper()} against a learned RM")
+    summary = {
+        "table": rows,
+        "gold_gain": gold_gain,
+        "gold_gain_se": gain_se,
+        "gold_gain_in_se": gold_gain / gain_se if gain_se > 0 else float("inf"),
+        "samples": samples,
+        "plot": str(plot),
+        "n_prompts": n,
+    }
+    lines = [f"{'':10s} {'base LM':>18s} {'trained':>18s}"]
+    for label, r in rows.items():
+        b, a = r["before"], r["after"]
+        lines.append(
+            f"{label:10s} {b['mean']:+9.3f} ± {b['sem']:.3f}  {a['mean']:+9.3f} ± {a['sem']:.3f}"
+        )
+    (run_dir / "evaluation").mkdir(parents=True, exist_ok=True)
+    table = "\n".join(lines)
+    print(table)
+    for s in samples:
+        print(
+            f"  prompt : {s['prompt']!r}\n    before: {s['before']!r}\n    after : {s['after']!r}"
+        )
+    return _finish(
+        run_dir,
+        "evaluation",
+        summary,
+        f"gold {gold_gain:+.3f} ({summary['gold_gain_in_se']:.1f} s.e.) on {n} held-out prompts; "
+        f"plot {plot}",
+    )
+
+
+STAGE_FUNCTIONS = {
+    "samples": stage_samples,
+    "preferences": stage_preferences,
+    "reward_model": stage_reward_model,
+    "policy": stage_policy,
+    "evaluation": stage_evaluation,
+}
+
+
+def run(config: RunConfig, run_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
+    """Run (or resume) every stage; returns each stage's summary."""
+    import torch
+
+    config.validate()
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    if resume:
+        if not config_path.is_file():
+            raise FileNotFoundError(f"no run to resume at {run_dir} (missing config.json)")
+        saved = json.loads(config_path.read_text())
+        config = RunConfig(
+            **{k: v for k, v in saved.items() if k in {f.name for f in fields(RunConfig)}}
+        )
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise FileExistsError(f"{run_dir} is not empty; pass --resume to continue that run")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(config_path, asdict(config))
+    torch.manual_seed(config.seed)
+    started = time.perf_counter()
+    summaries = {}
+    for stage in STAGES:
+        done = _done(run_dir, stage)
+        if done is not None:
+            print(f"[{stage}] done earlier, skipped", flush=True)
+            summaries[stage] = done
+            continue
+        (run_dir / stage).mkdir(parents=True, exist_ok=True)
+        summaries[stage] = STAGE_FUNCTIONS[stage](config, run_dir)
+    elapsed = time.perf_counter() - started
+    print(f"run folder: {run_dir.resolve()}  ({elapsed:.0f} s this session)")
+    return summaries
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    overrides = {k: v for k, v in vars(args).items() if k in {f.name for f in fields(RunConfig)}}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if args.resume:
+        run(RunConfig(), args.resume, resume=True)
+        return 0
+    config = RunConfig.quick(**overrides) if args.quick else RunConfig(**overrides)
+    run_dir = args.out or f"runs/{config.task}-{config.algo}-seed{config.seed}" + (
+        "-quick" if args.quick else ""
+    )
+    run(config, run_dir)
+    return 0
+
+
+def register_cli(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "run",
+        help="the whole RLHF loop: sample → simulated preferences → reward model → RL → evaluate",
+    )
+    p.add_argument("--task", choices=sorted(TASK_IDS), default=None)
+    p.add_argument("--algo", choices=("ppo", "grpo", "rloo"), default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--rm", choices=("fused", "backbone"), default=None)
+    p.add_argument("--iterations", type=int, default=None, help="RL iterations")
+    p.add_argument("--n-prompts", dest="n_prompts", type=int, default=None)
+    p.add_argument("--kl-coef", dest="kl_coef", type=float, default=None)
+    p.add_argument("--quick", action="store_true", help="about a minute: small data, few steps")
+    p.add_argument("--out", default=None, help="run folder (default runs/TASK-ALGO-seedN)")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.set_defaults(func=_cmd_run)
