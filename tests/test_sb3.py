@@ -424,3 +424,19 @@ def test_maskable_ppo_with_dummy_vec_env():
     for step in rec.steps:
         assert step["masks"][np.arange(2), step["actions"]].all()
         assert all(info["logprob_source"] == "agent" for info in step["infos"])
+
+
+def test_plain_sb3_make_vec_env_works_on_every_id():
+    import warnings
+
+    from stable_baselines3.common.env_util import make_vec_env
+
+    import textenv
+
+    for env_id in textenv.registered_ids():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            venv = make_vec_env(env_id, n_envs=2, seed=0)
+        obs = venv.reset()
+        assert obs["input_ids"].shape[0] == 2
+        venv.close()

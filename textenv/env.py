@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 import sys
+import warnings
 from typing import Any
 
 import gymnasium as gym
@@ -101,6 +102,13 @@ class TextGenEnv(gym.Env[dict, int]):
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any) -> None:
+        if render_mode == "rgb_array":  # SB3's make_vec_env asks for it by default
+            warnings.warn(
+                "textenv renders text only (render_mode='ansi'); render_mode='rgb_array' renders "
+                "nothing",
+                stacklevel=2,
+            )
+            render_mode = None
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None")
         self.render_mode = render_mode
