@@ -186,9 +186,8 @@ def fused_head_folder() -> str:
     from textenv.fused_reward import FusedRewardHead
 
     folder = Path(tempfile.mkdtemp(prefix="textenv-fused-"))
-    hidden = load_frozen_causal_lm(REFERENCE).config.hidden_size
-    weight = torch.randn(hidden, generator=torch.Generator().manual_seed(0)) / hidden**0.5
-    FusedRewardHead(REFERENCE, weight).save(folder)
+    torch.manual_seed(0)
+    FusedRewardHead(REFERENCE).save(folder)
     return str(folder)
 
 

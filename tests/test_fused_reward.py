@@ -20,7 +20,7 @@ def head_dir(tmp_path_factory):
         stem = "".join(rng.choice(list("klmnprst"), size=4))
         pairs.append(PreferencePair(f"p{i % 30} ", stem + "aaa", stem + "zzz"))
     out = tmp_path_factory.mktemp("fused")
-    metrics = train_fused_head(pairs, out, reference="tiny", steps=300, val_fraction=0.2)
+    metrics = train_fused_head(pairs, out, reference="tiny", epochs=30, val_fraction=0.2)
     return out, metrics
 
 

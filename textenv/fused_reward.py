@@ -1,24 +1,29 @@
-"""A reward model that is a scalar head on the frozen reference LM's own trunk.
+"""A reward model that is a small head on the frozen reference LM's own trunk.
 
 InstructGPT initialises its reward model from the SFT model; taken one step further, the reward
-can *share* the frozen reference's trunk: ``r = w·h̄ + b`` with ``h̄`` the mean of the reference's
-last hidden states over the completion's tokens (in the context of the prompt). Mean pooling,
-rather than the last token's state, is what lets a linear head on a small frozen trunk read
-properties spread over the whole completion (sentiment words anywhere in it). The env then gets the reference
-log-probs and the reward from **one** forward instead of two (see ``benchmarks/throughput.py
---fused``). Only the head is trained (a Bradley–Terry linear probe on frozen features), so
-training takes seconds; the accuracy cost against a separately fine-tuned backbone is measured in
-``benchmarks/reward_model.py``.
+can *share* the frozen reference's trunk, so the env gets the reference log-probs and the reward
+from **one** forward instead of two (``benchmarks/throughput.py``, variant (f)).
 
-A fused head is saved as a folder holding ``fused_reward.json`` (the reference spec, hidden size,
+The head scores every completion token from the reference's features at that position (the last
+hidden state and the input embedding, concatenated) with a one-hidden-layer MLP, and the reward
+is the mean over the completion's tokens::
+
+    r = (mean_t MLP([h_t ; e_t]) − mean) / std
+
+Per-token scoring with mean pooling lets a small head read properties spread over the whole
+completion (sentiment words anywhere in it); a linear probe on the last token's state was near
+chance on Sentiment-v0. Only the head is trained (Bradley–Terry on frozen features, seconds on a
+CPU); its accuracy against a fine-tuned backbone RM is in ``benchmarks/results/``.
+
+A fused head is saved as a folder holding ``fused_reward.json`` (the reference spec, sizes,
 normalisation) and ``head.safetensors``; :func:`textenv.rewards.load_reward` recognises it.
-Pooled positions: the completion's tokens other than EOS (the env's completions may end with
-EOS, preference texts do not: both pool the same tokens); an empty completion is read at the
-prompt's last token.
+Pooled positions: the completion's tokens other than EOS (the env's completions may end with EOS,
+preference texts do not); an empty completion is read at the prompt's last token.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Sequence
@@ -48,27 +53,40 @@ def is_fused_reward_folder(spec: Any) -> bool:
     return isinstance(spec, (str, Path)) and (Path(str(spec)).expanduser() / CONFIG_NAME).is_file()
 
 
-def pool(hidden: torch.Tensor, completion_mask: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``hidden`` (B, T, d) over completion positions; the last attended position for
-    rows with an empty completion."""
-    weights = completion_mask.to(hidden.dtype)
-    count = weights.sum(-1, keepdim=True)
-    mean = (hidden * weights[..., None]).sum(1) / count.clamp_min(1.0)
+def token_features(hidden_states: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per-position features ``(B, T, 2d)``: last hidden state and input embedding."""
+    return torch.cat([hidden_states[-1], hidden_states[0]], dim=-1).float()
+
+
+def pooled_scores(
+    token_scores: torch.Tensor, completion_mask: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """Mean of per-token scores ``(B, T)`` over completion positions; rows with an empty
+    completion take the score at their last attended position."""
+    weights = completion_mask.to(token_scores.dtype)
+    count = weights.sum(-1)
+    mean = (token_scores * weights).sum(-1) / count.clamp_min(1.0)
     positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
     last = torch.where(mask > 0, positions, -1).max(-1).values
-    fallback = hidden[torch.arange(hidden.shape[0]), last]
+    fallback = token_scores[torch.arange(token_scores.shape[0]), last]
     return torch.where(count > 0, mean, fallback)
 
 
+def make_mlp(in_features: int, width: int) -> torch.nn.Module:
+    return torch.nn.Sequential(
+        torch.nn.Linear(in_features, width), torch.nn.GELU(), torch.nn.Linear(width, 1)
+    )
+
+
 class FusedRewardHead:
-    """``r = (w·h + b − mean) / std`` on the frozen reference's last hidden state."""
+    """Reward = normalised mean per-token MLP score on the frozen reference's features."""
 
     def __init__(
         self,
         reference: str,
-        weight: torch.Tensor,
-        bias: float = 0.0,
+        mlp: torch.nn.Module | None = None,
         *,
+        width: int = 256,
         mean: float = 0.0,
         std: float = 1.0,
         device: str = "cpu",
@@ -77,23 +95,24 @@ class FusedRewardHead:
         self.reference_spec = reference
         self.model = load_frozen_causal_lm(reference, device, dtype)
         self.tokenizer = load_tokenizer(reference)
-        self.weight = weight.to(device=device, dtype=torch.float32)
-        self.bias = float(bias)
+        in_features = 2 * self.model.config.hidden_size
+        self.mlp = (mlp or make_mlp(in_features, width)).to(device=device, dtype=torch.float32)
+        self.mlp.eval().requires_grad_(False)
+        self.width = width
         self.mean, self.std = float(mean), float(std)
         self.calls = 0
 
     # ------------------------------------------------------------------ scoring
 
-    def score_hidden(self, hidden: torch.Tensor) -> np.ndarray:
-        """Rewards from last hidden states ``(B, d)``."""
-        raw = hidden.float() @ self.weight + self.bias
+    def score_features(
+        self, features: torch.Tensor, completion_mask: torch.Tensor, mask: torch.Tensor
+    ) -> np.ndarray:
+        raw = pooled_scores(self.mlp(features).squeeze(-1), completion_mask, mask)
         return ((raw - self.mean) / self.std).double().cpu().numpy()
 
     @torch.no_grad()
-    def features(
-        self, ids: torch.Tensor, mask: torch.Tensor, completion_mask: torch.Tensor
-    ) -> torch.Tensor:
-        """Pooled last hidden states ``(B, d)`` of left-padded rows."""
+    def features(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Per-token features ``(B, T, 2d)`` of left-padded rows."""
         out = self.model(
             input_ids=ids,
             attention_mask=mask,
@@ -101,7 +120,7 @@ class FusedRewardHead:
             output_hidden_states=True,
             logits_to_keep=1,
         )
-        return pool(out.hidden_states[-1], completion_mask, mask)
+        return token_features(out.hidden_states)
 
     def encode(
         self, prompts: Sequence[str], completions: Sequence[str], max_length: int | None = None
@@ -126,29 +145,30 @@ class FusedRewardHead:
             if n_completion:
                 completion_mask[i, width - n_completion :] = 1
         completion_mask &= (ids != eos).long()
-        device = self.weight.device
+        device = next(self.mlp.parameters()).device
         return ids.to(device), mask.to(device), completion_mask.to(device)
 
+    @torch.no_grad()
     def __call__(
         self, prompts: list[str], completions: list[str], metadata: list[dict[str, Any]]
     ) -> np.ndarray:
         """Standalone scoring of texts (one reference forward)."""
         self.calls += 1
-        return self.score_hidden(self.features(*self.encode(prompts, completions)))
+        ids, mask, completion_mask = self.encode(prompts, completions)
+        return self.score_features(self.features(ids, mask), completion_mask, mask)
 
     # ------------------------------------------------------------------ persistence
 
     def save(self, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_file(
-            {"weight": self.weight.detach().cpu().contiguous(), "bias": torch.tensor([self.bias])},
-            str(folder / HEAD_NAME),
-        )
+        state = {k: v.detach().cpu().contiguous() for k, v in self.mlp.state_dict().items()}
+        save_file(state, str(folder / HEAD_NAME))
         config = {
             "kind": "fused_reward_head",
             "reference": self.reference_spec,
-            "hidden_size": int(self.weight.shape[0]),
+            "in_features": 2 * self.model.config.hidden_size,
+            "width": self.width,
             "reward_mean": self.mean,
             "reward_std": self.std,
             **(extra or {}),
@@ -162,22 +182,46 @@ class FusedRewardHead:
     ) -> FusedRewardHead:
         folder = Path(folder).expanduser()
         config = json.loads((folder / CONFIG_NAME).read_text())
-        tensors = load_file(str(folder / HEAD_NAME))
         head = cls(
             config["reference"],
-            tensors["weight"],
-            float(tensors["bias"][0]),
+            width=int(config["width"]),
             mean=config.get("reward_mean", 0.0),
             std=config.get("reward_std", 1.0),
             device=device,
             dtype=dtype,
         )
-        if head.weight.shape[0] != head.model.config.hidden_size:
+        expected = 2 * head.model.config.hidden_size
+        if config.get("in_features") != expected:
             raise ValueError(
-                f"fused reward head in {folder} has {head.weight.shape[0]} inputs but reference "
-                f"{config['reference']!r} has hidden size {head.model.config.hidden_size}"
+                f"fused reward head in {folder} reads {config.get('in_features')} features but "
+                f"reference {config['reference']!r} gives {expected}"
             )
+        head.mlp.load_state_dict(load_file(str(folder / HEAD_NAME)))
         return head
+
+
+def _featurise(
+    head: FusedRewardHead, prompts: list[str], completions: list[str], batch_size: int
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Frozen per-token features, computed once, in chunks of ``(features, completion, mask)``."""
+    chunks = []
+    for start in range(0, len(prompts), batch_size):
+        ids, mask, completion = head.encode(
+            prompts[start : start + batch_size], completions[start : start + batch_size]
+        )
+        chunks.append((head.features(ids, mask), completion, mask))
+    return chunks
+
+
+def _stack(chunks: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+    """Left-pad chunks to one width and concatenate."""
+    width = max(c[0].shape[1] for c in chunks)
+
+    def pad(x: torch.Tensor) -> torch.Tensor:
+        extra = width - x.shape[1]
+        return torch.nn.functional.pad(x, (0, 0, extra, 0) if x.dim() == 3 else (extra, 0))
+
+    return tuple(torch.cat([pad(c[i]) for c in chunks]) for i in range(3))
 
 
 def train_fused_head(
@@ -186,83 +230,100 @@ def train_fused_head(
     *,
     reference: str = "builtin:prose",
     val_fraction: float = 0.1,
-    steps: int = 500,
-    lr: float = 1e-2,
-    weight_decay: float = 1e-3,
-    batch_size: int = 256,
+    width: int = 256,
+    epochs: int = 20,
+    lr: float = 3e-3,
+    weight_decay: float = 1e-2,
+    batch_size: int = 64,
+    patience: int = 4,
     normalize: bool = True,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Train a Bradley–Terry linear head on the frozen reference's features; save it.
+    """Train the head with the Bradley–Terry loss on frozen features; save it to ``out_dir``.
 
-    Features of every chosen/rejected text are computed once (frozen trunk), then the head is
-    fitted by full-batch Adam on ``−log σ(r_c − r_r − margin)``. Returns metrics (train/val
-    accuracy and loss, time), also written to ``out_dir/training_metrics.json``.
+    Features of every chosen/rejected text are computed once (the trunk is frozen); the MLP is
+    trained with AdamW on ``−log σ(r_c − r_r − margin)``, with early stopping on the held-out
+    loss (best epoch kept). ``normalize`` stores the mean / std of the raw reward over the
+    training completions (samples of the policy being labelled), so rewards start at mean 0,
+    std 1. Returns metrics, also written to ``out_dir/training_metrics.json``.
     """
     from textenv.preferences import read_preferences
     from textenv.reward_training import split_by_prompt
 
     started = time.perf_counter()
-    all_pairs = list(read_preferences(pairs)) if not isinstance(pairs, list) else pairs
+    all_pairs = pairs if isinstance(pairs, list) else list(read_preferences(pairs))
     train, val = split_by_prompt(all_pairs, val_fraction, seed)
-    head = FusedRewardHead(reference, torch.zeros(1))
-    hidden = head.model.config.hidden_size
+    if not train:
+        raise ValueError("no training pairs")
+    torch.manual_seed(seed)
+    head = FusedRewardHead(reference, width=width)
+    mlp = make_mlp(2 * head.model.config.hidden_size, width)
 
-    def featurise(ps: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        feats_c, feats_r = [], []
-        for start in range(0, len(ps), batch_size):
-            chunk = ps[start : start + batch_size]
-            prompts = [p.prompt for p in chunk]
-            feats_c.append(head.features(*head.encode(prompts, [p.chosen for p in chunk])))
-            feats_r.append(head.features(*head.encode(prompts, [p.rejected for p in chunk])))
+    def data(ps: list) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], torch.Tensor]:
+        prompts = [p.prompt for p in ps]
+        chosen = _stack(_featurise(head, prompts, [p.chosen for p in ps], 256))
+        rejected = _stack(_featurise(head, prompts, [p.rejected for p in ps], 256))
         margin = torch.tensor([float(getattr(p, "margin", 0.0) or 0.0) for p in ps])
-        empty = torch.zeros(0, hidden)
-        return (
-            torch.cat(feats_c) if feats_c else empty,
-            torch.cat(feats_r) if feats_r else empty,
-            margin,
-        )
+        return chosen, rejected, margin
 
-    fc, fr, margin = featurise(train)
-    vc, vr, vmargin = featurise(val)
-    generator = torch.Generator().manual_seed(seed)
-    weight = (torch.randn(hidden, generator=generator) * 1e-3).requires_grad_(True)
-    bias = torch.zeros(1, requires_grad=True)  # cancels in r_c − r_r; kept for centring
-    optimizer = torch.optim.AdamW([weight, bias], lr=lr, weight_decay=weight_decay)
+    def reward(batch: tuple[torch.Tensor, ...], rows: torch.Tensor | slice) -> torch.Tensor:
+        feats, completion, mask = (x[rows] for x in batch)
+        return pooled_scores(mlp(feats).squeeze(-1), completion, mask)
 
-    def loss_acc(c: torch.Tensor, r: torch.Tensor, m: torch.Tensor) -> tuple[float, float]:
+    def evaluate(split: tuple) -> tuple[float, float]:
+        chosen, rejected, margin = split
         with torch.no_grad():
-            diff = (c - r) @ weight
-            loss = torch.nn.functional.softplus(-(diff - m)).mean().item() if len(diff) else 0.0
-            acc = (diff > 0).float().mean().item() if len(diff) else float("nan")
-        return loss, acc
+            diff = reward(chosen, slice(None)) - reward(rejected, slice(None))
+            loss = torch.nn.functional.softplus(-(diff - margin)).mean().item()
+        return loss, (diff > 0).float().mean().item()
 
-    for _ in range(steps):
-        diff = (fc - fr) @ weight
-        loss = torch.nn.functional.softplus(-(diff - margin)).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    head.weight = weight.detach().clone()
-    head.bias = 0.0
-    if normalize:  # mean 0 / std 1 on the (reference-sampled) completions seen in training
-        raw = torch.cat([fc, fr]) @ head.weight
+    train_data = data(train)
+    val_data = data(val) if val else None
+    optimizer = torch.optim.AdamW(mlp.parameters(), lr=lr, weight_decay=weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    history, best, best_state, waited = [], float("inf"), copy.deepcopy(mlp.state_dict()), 0
+    n = len(train)
+    for epoch in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, batch_size):
+            rows = order[start : start + batch_size]
+            diff = reward(train_data[0], rows) - reward(train_data[1], rows)
+            loss = torch.nn.functional.softplus(-(diff - train_data[2][rows])).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        record = {"epoch": epoch + 1}
+        record["train_loss"], record["train_accuracy"] = evaluate(train_data)
+        if val_data is not None:
+            record["val_loss"], record["val_accuracy"] = evaluate(val_data)
+        history.append(record)
+        score = record.get("val_loss", record["train_loss"])
+        if score < best:
+            best, best_state, waited = score, copy.deepcopy(mlp.state_dict()), 0
+        else:
+            waited += 1
+            if waited >= patience:
+                break
+    mlp.load_state_dict(best_state)
+    head.mlp = mlp.eval().requires_grad_(False)
+    if normalize:
+        with torch.no_grad():
+            raw = torch.cat(
+                [reward(train_data[0], slice(None)), reward(train_data[1], slice(None))]
+            )
         head.mean, head.std = float(raw.mean()), float(raw.std().clamp_min(1e-6))
-    train_loss, train_acc = loss_acc(fc, fr, margin)
-    val_loss, val_acc = loss_acc(vc, vr, vmargin)
+    best_record = min(history, key=lambda r: r.get("val_loss", r["train_loss"]))
     metrics = {
         "kind": "fused_reward_head",
         "reference": reference,
         "train_pairs": len(train),
         "val_pairs": len(val),
-        "train_loss": train_loss,
-        "train_accuracy": train_acc,
-        "val_loss": val_loss,
-        "val_accuracy": val_acc,
+        **{k: v for k, v in best_record.items()},
+        "epochs_run": len(history),
+        "history": history,
         "time_s": time.perf_counter() - started,
     }
-    head.save(out_dir, {"training": metrics})
+    head.save(out_dir, {"training": {k: v for k, v in metrics.items() if k != "history"}})
     (Path(out_dir) / "training_metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
@@ -292,4 +353,4 @@ def logprobs_and_reward(
     completion = torch.zeros_like(mask)
     completion[:, -n:] = completion_mask.long() * (completion_ids != head.tokenizer.eos_token_id)
     head.calls += 1
-    return logprobs, head.score_hidden(pool(out.hidden_states[-1], completion, mask))
+    return logprobs, head.score_features(token_features(out.hidden_states), completion, mask)
