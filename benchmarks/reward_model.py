@@ -110,14 +110,22 @@ def _save(results: dict) -> None:
         "gold scorer's own accuracy on them; `acc vs gold` = agreement with the noise-free gold "
         "order. Time: RM training on this 2-core machine, 1 thread.",
         "",
-        "| task | T | pairs (train+val) | held-out pairs | acc | ceiling | gold on labels "
+        "`backbone` = the base LM fine-tuned with a score head; `fused` = a per-token MLP head on "
+        "the frozen reference's features (textenv.fused_reward: the env then gets log ρ and the "
+        "reward from one forward).",
+        "",
+        "| task | RM | T | pairs (train+val) | held-out pairs | acc | ceiling | gold on labels "
         "| acc vs gold | val acc | epochs (best) | train time s | others' CPU |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for key in sorted(results["runs"], key=lambda k: (k.split("/")[0], results["runs"][k]["n"])):
-        r = results["runs"][key]
+    runs = results["runs"]
+    order = sorted(
+        runs, key=lambda k: (runs[k]["task"], runs[k].get("kind", "backbone"), runs[k]["n"])
+    )
+    for key in order:
+        r = runs[key]
         lines.append(
-            f"| {r['task']} | {r['temperature']} | {r['n']} | {r['n_heldout']} "
+            f"| {r['task']} | {r.get('kind', 'backbone')} | {r['temperature']} | {r['n']} | {r['n_heldout']} "
             f"| {r['acc_labels']:.3f} | {r['noise_ceiling']:.3f} | {r['gold_acc_labels']:.3f} "
             f"| {r['acc_gold']:.3f} | {r['val_accuracy']:.3f} | {r['epochs_run']} "
             f"({r['best_epoch']}) | {r['train_time_s']:.0f} | {r['others_cpu_share']:.0%} |"
@@ -125,13 +133,47 @@ def _save(results: dict) -> None:
     MD_PATH.write_text("\n".join(lines) + "\n")
 
 
-def run(tasks: list[str], sizes: list[int], seed: int) -> dict:
+def _key(task: str, kind: str, n: int, seed: int) -> str:
+    # backbone keys keep their original form so earlier result files stay valid
+    return f"{task}/n={n}/seed={seed}" if kind == "backbone" else f"{task}/{kind}/n={n}/seed={seed}"
+
+
+def _train(kind: str, pairs: list, out: Path, reference: str, seed: int) -> dict:
+    """Train one RM; returns the fields the table needs, whatever the kind."""
+    if kind == "backbone":
+        m = train_reward_model(
+            pairs, out, backbone=reference, seed=seed, progress=sys.stderr.isatty(), **TRAIN
+        )
+        return m
+    from textenv.fused_reward import train_fused_head
+
+    m = train_fused_head(pairs, out, reference=reference, seed=seed)
+    head = load_reward(str(out))
+    return {
+        "val_accuracy": m["val_accuracy"],
+        "val_loss": m["val_loss"],
+        "epochs_run": m["epochs_run"],
+        "best_epoch": m["epoch"],
+        "train_time_s": m["time_s"],
+        "parameters": sum(p.numel() for p in head.mlp.parameters()),
+        "history": m["history"],
+    }
+
+
+def run(
+    tasks: list[str], sizes: list[int], seed: int, kinds: tuple[str, ...] = ("backbone",)
+) -> dict:
     torch.set_num_threads(1)
     results = json.loads(JSON_PATH.read_text()) if JSON_PATH.exists() else {"runs": {}}
     results["train_config"] = TRAIN
     results["tasks"] = TASKS
     for task in tasks:
-        todo = [n for n in sizes if f"{task}/n={n}/seed={seed}" not in results["runs"]]
+        todo = [
+            (kind, n)
+            for kind in kinds
+            for n in sizes
+            if _key(task, kind, n, seed) not in results["runs"]
+        ]
         if not todo:
             continue
         train_lab = _labelled(task, "train", seed)
@@ -148,23 +190,16 @@ def run(tasks: list[str], sizes: list[int], seed: int) -> dict:
         gold_c = np.array([p.metadata["gold_chosen"] for p in hp])
         gold_r = np.array([p.metadata["gold_rejected"] for p in hp])
         gold_acc = float(np.mean(gold_c > gold_r))
-        for n in todo:
+        for kind, n in todo:
             if n > len(pool):
                 print(f"[{task}] only {len(pool)} pairs in the pool; skipping n={n}")
                 continue
             rng = np.random.default_rng([seed, n])
             pairs = [pool[i] for i in np.sort(rng.choice(len(pool), size=n, replace=False))]
-            out = WORK / f"rm_{task}_n{n}_s{seed}"
+            out = WORK / f"rm_{task}_{kind}_n{n}_s{seed}"
             busy0, own0 = _cpu_busy()
             wall0 = time.perf_counter()
-            m = train_reward_model(
-                pairs,
-                out,
-                backbone=module.TASK["reference"],
-                seed=seed,
-                progress=sys.stderr.isatty(),
-                **TRAIN,
-            )
+            m = _train(kind, pairs, out, module.TASK["reference"], seed)
             wall = time.perf_counter() - wall0
             busy1, own1 = _cpu_busy()
             ncpu = os.cpu_count() or 1
@@ -177,6 +212,7 @@ def run(tasks: list[str], sizes: list[int], seed: int) -> dict:
             agree_gold = np.where(gold_c > gold_r, correct, 1.0 - correct)
             rec = {
                 "task": task,
+                "kind": kind,
                 "n": n,
                 "seed": seed,
                 "temperature": TASKS[task]["temperature"],
@@ -196,10 +232,10 @@ def run(tasks: list[str], sizes: list[int], seed: int) -> dict:
                 "history": m["history"],
                 "torch_threads": torch.get_num_threads(),
             }
-            results["runs"][f"{task}/n={n}/seed={seed}"] = rec
+            results["runs"][_key(task, kind, n, seed)] = rec
             _save(results)
             print(
-                f"[{task}] n={n}: held-out acc {rec['acc_labels']:.3f} (ceiling "
+                f"[{task}] {kind} n={n}: held-out acc {rec['acc_labels']:.3f} (ceiling "
                 f"{rec['noise_ceiling']:.3f}, gold {gold_acc:.3f}), vs gold "
                 f"{rec['acc_gold']:.3f}, {m['train_time_s']:.0f} s, others' CPU {others:.0%}",
                 flush=True,
@@ -213,8 +249,11 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=["sentiment", "sort"], choices=list(TASKS))
     ap.add_argument("--sizes", nargs="+", type=int, default=[500, 2000, 8000])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--kinds", nargs="+", default=["backbone", "fused"], choices=["backbone", "fused"]
+    )
     args = ap.parse_args()
-    run(args.tasks, args.sizes, args.seed)
+    run(args.tasks, args.sizes, args.seed, tuple(args.kinds))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ of them alike; the CPU share other processes used during the run is recorded. Re
 
     python benchmarks/throughput.py                 # B in {16, 64, 256}
     python benchmarks/throughput.py --batch 64 --repeats 3
+    python benchmarks/throughput.py --threads 1   # when another process holds one of 2 cores
 """
 
 from __future__ import annotations
@@ -286,7 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--singles-max-batch", type=int, default=256)
     parser.add_argument("--wait-quiet", type=float, default=120.0, help="max seconds to wait")
     parser.add_argument("--out", type=Path, default=RESULTS / "throughput.json")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     share_before = wait_for_quiet(args.wait_quiet)
     rows = []

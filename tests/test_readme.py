@@ -26,3 +26,9 @@ def test_ci_runs_the_readme_test_command():
     text = README.read_text()
     block = re.search(r"<!-- ci:test -->\s*```bash\n(.*?)```", text, re.S).group(1)
     assert "pytest" in block
+
+
+def test_readme_shows_the_tested_minimal_agent_verbatim():
+    example = (README.parent / "examples" / "minimal_agent.py").read_text()
+    assert example in README.read_text()
+    assert len(example.strip().splitlines()) <= 40
