@@ -116,3 +116,11 @@ def test_cli_arguments():
     assert args.task_data is False
     with pytest.raises(SystemExit):
         parser.parse_args(["unknown-task"])
+
+
+def test_pretrain_command_is_wired_into_the_cli(tmp_path):
+    from textenv.cli import main
+
+    assert main(["pretrain", "sort", "--steps", "3", "--threads", "1", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "model.safetensors").is_file()
+    assert (tmp_path / "pretrain_metrics.json").is_file()

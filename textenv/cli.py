@@ -16,6 +16,7 @@ __all__ = ["main", "build_parser", "COMMAND_MODULES"]
 # Modules that add sub-commands: each defines ``register_cli(subparsers)`` and keeps its heavy
 # imports inside the command function, so ``textenv --help`` stays fast.
 COMMAND_MODULES: list[str] = [
+    "textenv.pretrain",
     "textenv.preferences",
     "textenv.labelling",
     "textenv.reward_training",

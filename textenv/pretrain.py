@@ -28,6 +28,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -519,6 +520,15 @@ def run_pretrain_command(args: argparse.Namespace) -> int:
         f"heldout_ppl={metrics['heldout_perplexity']:.2f} train_time={metrics['train_time_s']}s"
     )
     return 0
+
+
+def register_cli(subparsers: Any) -> None:
+    """``textenv pretrain``: (re)train a built-in base LM, reproducibly."""
+    parser = subparsers.add_parser(
+        "pretrain", help="train a built-in base LM (seeded, reproducible)"
+    )
+    add_pretrain_arguments(parser)
+    parser.set_defaults(func=run_pretrain_command)
 
 
 def main(argv: list[str] | None = None) -> int:
