@@ -59,12 +59,12 @@ class RunConfig:
     task: str = "sentiment"
     algo: str = "ppo"
     seed: int = 0
-    n_prompts: int = 1024
+    n_prompts: int = 2048
     k: int = 4
     label_temperature: float = 0.1
     rm: str = "backbone"
     rm_epochs: int = 2
-    iterations: int = 60
+    iterations: int = 100
     num_envs: int = 64
     lr: float = 1e-4
     kl_coef: float = 0.05
