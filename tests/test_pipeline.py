@@ -26,7 +26,7 @@ def test_quick_run_writes_every_output(finished_run):
         "config.json",
         "samples/samples.jsonl",
         "preferences/preferences.jsonl",
-        "reward_model/rm/fused_reward.json",
+        "reward_model/rm/model.safetensors",
         "policy/curve.json",
         "policy/final/model.safetensors",
         "policy/logs/metrics.jsonl",
