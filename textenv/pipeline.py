@@ -379,6 +379,7 @@ STAGE_FUNCTIONS = {
 def run(config: RunConfig, run_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
     """Run (or resume) every stage; returns each stage's summary."""
     import torch
+    from transformers.utils import logging as hf_logging
 
     config.validate()
     run_dir = Path(run_dir)
@@ -397,14 +398,20 @@ def run(config: RunConfig, run_dir: str | Path, *, resume: bool = False) -> dict
     torch.manual_seed(config.seed)
     started = time.perf_counter()
     summaries = {}
-    for stage in STAGES:
-        done = _done(run_dir, stage)
-        if done is not None:
-            print(f"[{stage}] done earlier, skipped", flush=True)
-            summaries[stage] = done
-            continue
-        (run_dir / stage).mkdir(parents=True, exist_ok=True)
-        summaries[stage] = STAGE_FUNCTIONS[stage](config, run_dir)
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # per-save "Writing model shards" bars would bury ours
+    try:
+        for stage in STAGES:
+            done = _done(run_dir, stage)
+            if done is not None:
+                print(f"[{stage}] done earlier, skipped", flush=True)
+                summaries[stage] = done
+                continue
+            (run_dir / stage).mkdir(parents=True, exist_ok=True)
+            summaries[stage] = STAGE_FUNCTIONS[stage](config, run_dir)
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
     elapsed = time.perf_counter() - started
     print(f"run folder: {run_dir.resolve()}  ({elapsed:.0f} s this session)")
     return summaries
