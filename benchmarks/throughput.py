@@ -7,6 +7,8 @@ suppressed). Variants:
 (a) ``model.generate(do_sample=True, use_cache=True)`` on the policy alone;
 (o) the model work with no env: (a) + one teacher-forced reference pass + one RM pass over the
     token ids (no decode / re-tokenise: the most favourable baseline);
+(s) the same model work as (o) with the package's KV-cached sampler instead of ``generate``: the
+    strictest no-env baseline (the same decode loop (b) uses, minus everything the env does);
 (b) the package's sampler driving the native vector env with the log π channel (reference
     log-probs, RM on decoded text, KL: everything the env does);
 (c) the same sampler through B single envs from ``gym.make`` (a Python loop over envs per step);
@@ -109,6 +111,24 @@ def run_model_work(policy, reference, rm, batch: int, gen: torch.Generator) -> N
             reference, prompt, torch.ones_like(prompt), completion, torch.ones_like(completion)
         )
         rm(input_ids=out, attention_mask=torch.ones_like(out))
+
+
+def run_sampler_model_work(policy, reference, rm, batch: int, gen: torch.Generator) -> None:
+    cfg = SamplingConfig()
+    ids, mask = make_prompts(batch, gen)
+    lm = IncrementalLM(policy)
+    logits = lm.prefill(ids, mask)
+    tokens = []
+    for t in range(N):
+        token, _ = sample_tokens(next_token_logprobs(no_eos(logits), cfg), gen)
+        tokens.append(token)
+        if t + 1 < N:
+            logits = lm.step(token)
+    completion = torch.stack(tokens, 1)
+    with torch.no_grad():
+        sequence_logprobs(reference, ids, mask, completion, torch.ones_like(completion))
+        full = torch.cat([ids, completion], 1)
+        rm(input_ids=full, attention_mask=torch.ones_like(full))
 
 
 def rollout_native(policy, envs, batch: int, gen: torch.Generator) -> None:
@@ -227,6 +247,7 @@ def measure(batch: int, repeats: int, with_singles: bool) -> dict:
     variants: dict[str, Callable[[], object]] = {
         "a_generate": lambda: run_generate(policy, batch, gen),
         "o_model_work": lambda: run_model_work(policy, reference, rm, batch, gen),
+        "s_sampler_model_work": lambda: run_sampler_model_work(policy, reference, rm, batch, gen),
         "b_native_env": lambda: rollout_native(policy, envs, batch, gen),
         "d_naive_env": lambda: rollout_naive(policy, NaiveEnv(reference, rm), batch, gen),
         "f_native_env_fused_rm": lambda: rollout_native(policy, fused_envs, batch, gen),
@@ -251,6 +272,7 @@ def measure(batch: int, repeats: int, with_singles: bool) -> dict:
     b = tok_s["b_native_env"]
     ratios = {
         "b/o": b / tok_s["o_model_work"],
+        "b/s": b / tok_s["s_sampler_model_work"],
         "b/a": b / tok_s["a_generate"],
         "o/a": tok_s["o_model_work"] / tok_s["a_generate"],
         "b/d": b / tok_s["d_naive_env"],
@@ -334,16 +356,18 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     lines = [
-        "| B | (a) generate | (o) model work | (b) native env | (c) single envs | (d) naive env "
-        "| (f) native env, fused RM | b/o | b/a | b/c | b/d | f/a |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| B | (a) generate | (o) model work | (s) model work, own sampler | (b) native env "
+        "| (c) single envs | (d) naive env | (f) native env, fused RM | b/o | b/s | b/a | b/c | b/d "
+        "| f/a |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         t, r = row["tokens_per_s"], row["ratios"]
         lines.append(
             f"| {row['batch']} | {t['a_generate']:.0f} | {t['o_model_work']:.0f} | "
-            f"{t['b_native_env']:.0f} | {t.get('c_single_envs', float('nan')):.0f} | "
+            f"{t['s_sampler_model_work']:.0f} | {t['b_native_env']:.0f} | {t.get('c_single_envs', float('nan')):.0f} | "
             f"{t['d_naive_env']:.0f} | {t['f_native_env_fused_rm']:.0f} | {r['b/o']:.2f} | "
+            f"{r['b/s']:.2f} | "
             f"{r['b/a']:.2f} | {r.get('b/c', float('nan')):.2f} | {r['b/d']:.2f} | {r['f/a']:.2f} |"
         )
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")

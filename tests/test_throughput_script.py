@@ -1,0 +1,27 @@
+"""The throughput benchmark runs end to end on a tiny batch and writes its results (no timing
+assertions: speed is measured by the script, not by tests)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
+
+
+def test_throughput_script_writes_every_variant(tmp_path):
+    spec = importlib.util.spec_from_file_location("throughput", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "throughput.json"
+    module.main(["--batch", "2", "--repeats", "1", "--wait-quiet", "0", "--out", str(out)])
+    result = json.loads(out.read_text())
+    (row,) = result["rows"]
+    assert set(row["tokens_per_s"]) == {
+        "a_generate", "o_model_work", "s_sampler_model_work", "b_native_env", "c_single_envs",
+        "d_naive_env", "f_native_env_fused_rm",
+    }  # fmt: skip
+    assert all(v > 0 for v in row["tokens_per_s"].values())
+    assert {"b/o", "b/s", "b/a", "b/c", "b/d", "f/a"} <= set(row["ratios"])
+    assert out.with_suffix(".md").read_text().startswith("| B |")
