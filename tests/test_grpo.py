@@ -8,47 +8,25 @@ fixed seeds, env return (= RM: the KL is in the loss): seeds 0/1/2 went 0.459 â†
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
-import torch
 
 from agents import GRPO, GRPOConfig
 
 MARGIN = 0.10
-ITERATIONS = 40
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _run(lr: float, **kw) -> tuple[float, float, GRPO]:
-    agent = GRPO(GRPOConfig(env_id="textenv/Sort-v0", lr=lr, num_envs=64, progress=False, **kw))
-    before = agent.evaluate(4)["env/return"]
-    t0 = time.perf_counter()
-    agent.learn(10**6, iterations=ITERATIONS)
-    elapsed = time.perf_counter() - t0
-    after = agent.evaluate(4)["env/return"]
-    print(f"GRPO lr={lr} {kw}: return {before:.3f} â†’ {after:.3f} in {elapsed:.1f}s")
-    return before, after, agent
-
-
-def test_grpo_learns_sort():
-    before, after, agent = _run(1e-4)
+def test_grpo_learns_sort(train_on_sort):
+    before, after, agent = train_on_sort(GRPO, GRPOConfig, 1e-4)
     assert after > before + MARGIN, (before, after)
     last = agent.history[-1]
     assert last["grpo/beta"] == pytest.approx(0.05) and last["grpo/kl_k3"] > 0
     assert 0.0 <= last["grpo/frac_reward_zero_std"] <= 1.0
 
 
-def test_grpo_lr0_control_does_not_learn():
-    before, after, _ = _run(0.0)
+def test_grpo_lr0_control_does_not_learn(train_on_sort):
+    before, after, _ = train_on_sort(GRPO, GRPOConfig, 0.0)
     assert abs(after - before) < 1e-6
 
 

@@ -8,46 +8,25 @@ asks for +0.10, well under half the smallest measured gain and ~5× the evaluati
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
 from agents import PPO, PPOConfig
 
 MARGIN = 0.10
-ITERATIONS = 40
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _run(lr: float, **kw) -> tuple[float, float, PPO]:
-    agent = PPO(PPOConfig(env_id="textenv/Sort-v0", lr=lr, num_envs=64, progress=False, **kw))
-    before = agent.evaluate(4)["env/return"]
-    t0 = time.perf_counter()
-    agent.learn(10**6, iterations=ITERATIONS)
-    elapsed = time.perf_counter() - t0
-    after = agent.evaluate(4)["env/return"]
-    print(f"PPO lr={lr}: return {before:.3f} → {after:.3f} in {elapsed:.1f}s")
-    return before, after, agent
-
-
-def test_ppo_learns_sort():
-    before, after, agent = _run(1e-4)
+def test_ppo_learns_sort(train_on_sort):
+    before, after, agent = train_on_sort(PPO, PPOConfig, 1e-4)
     assert after > before + MARGIN, (before, after)
     last = agent.history[-1]
     assert last["env/kl"] > 0 and last["env/kl_coef"] == pytest.approx(0.05)
     assert last["policy/entropy"] < agent.history[0]["policy/entropy"]
 
 
-def test_ppo_lr0_control_does_not_learn():
-    before, after, _ = _run(0.0)
+def test_ppo_lr0_control_does_not_learn(train_on_sort):
+    before, after, _ = train_on_sort(PPO, PPOConfig, 0.0)
     assert abs(after - before) < 1e-6
 
 

@@ -8,44 +8,22 @@ The test asks for +0.10.
 
 from __future__ import annotations
 
-import time
-
 import pytest
-import torch
 
 from agents import RLOO, RLOOConfig
 
 MARGIN = 0.10
-ITERATIONS = 40
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _run(lr: float) -> tuple[float, float, RLOO]:
-    agent = RLOO(RLOOConfig(env_id="textenv/Sort-v0", lr=lr, num_envs=64, k=4, progress=False))
-    before = agent.evaluate(4)["env/return"]
-    t0 = time.perf_counter()
-    agent.learn(10**6, iterations=ITERATIONS)
-    elapsed = time.perf_counter() - t0
-    after = agent.evaluate(4)["env/return"]
-    print(f"RLOO lr={lr}: return {before:.3f} → {after:.3f} in {elapsed:.1f}s")
-    return before, after, agent
-
-
-def test_rloo_learns_sort():
-    before, after, agent = _run(1e-4)
+def test_rloo_learns_sort(train_on_sort):
+    before, after, agent = train_on_sort(RLOO, RLOOConfig, 1e-4, k=4)
     assert after > before + MARGIN, (before, after)
     assert agent.history[-1]["env/kl"] > 0
 
 
-def test_rloo_lr0_control_does_not_learn():
-    before, after, _ = _run(0.0)
+def test_rloo_lr0_control_does_not_learn(train_on_sort):
+    before, after, _ = train_on_sort(RLOO, RLOOConfig, 0.0, k=4)
     assert abs(after - before) < 1e-6
 
 
