@@ -9,13 +9,11 @@ import pytest
 from textenv import pipeline
 from textenv.pipeline import RunConfig, run
 
-TINY = dict(n_prompts=40, iterations=4, num_envs=16, eval_every=2, eval_prompts=16)
-
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run") / "a"
-    summaries = run(RunConfig.quick(**TINY), run_dir)
+    summaries = run(RunConfig.quick(), run_dir)  # exactly `textenv run --quick`
     return run_dir, summaries
 
 
@@ -38,7 +36,7 @@ def test_quick_run_writes_every_output(finished_run):
     assert set(table) == {"proxy RM", "gold", "KL"}
     assert table["KL"]["before"]["mean"] == pytest.approx(0.0, abs=1e-6)  # base LM = reference
     curve = json.loads((run_dir / "policy" / "curve.json").read_text())
-    assert [p["iteration"] for p in curve] == [0, 2, 4]
+    assert [p["iteration"] for p in curve] == [0, 3, 6]
     assert (run_dir / "evaluation" / "reward_vs_kl.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -57,7 +55,7 @@ def test_interrupted_run_resumes_to_the_same_numbers(finished_run, tmp_path, mon
 
     monkeypatch.setattr(pipeline, "_write_json", interrupt_after_first_checkpoint)
     with pytest.raises(KeyboardInterrupt):
-        run(RunConfig.quick(**TINY), run_dir)
+        run(RunConfig.quick(), run_dir)
     monkeypatch.setattr(pipeline, "_write_json", original)
     assert (run_dir / "reward_model" / "done.json").is_file()
     assert not (run_dir / "policy" / "done.json").exists()

@@ -420,11 +420,28 @@ def run(config: RunConfig, run_dir: str | Path, *, resume: bool = False) -> dict
 # --------------------------------------------------------------------------- CLI
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    if args.threads:
-        import torch
+def _auto_threads() -> int:
+    """Torch threads for a run: the cores other processes leave idle (at least 1).
 
-        torch.set_num_threads(args.threads)
+    On a small machine a busy second process makes multi-threaded torch stall on every op
+    (many times slower than one thread), so a run only takes the cores that are free.
+    """
+    import torch
+
+    cores = os.cpu_count() or 1
+    try:
+        busy = round(os.getloadavg()[0])
+    except OSError:  # not available on this platform
+        busy = 0
+    return max(1, min(torch.get_num_threads(), cores - busy))
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import torch
+
+    threads = args.threads or _auto_threads()
+    torch.set_num_threads(threads)
+    print(f"torch threads: {threads}" + ("" if args.threads else " (cores left idle by others)"))
     overrides = {k: v for k, v in vars(args).items() if k in {f.name for f in fields(RunConfig)}}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if args.resume:
@@ -453,5 +470,7 @@ def register_cli(subparsers: Any) -> None:
     p.add_argument("--quick", action="store_true", help="about a minute: small data, few steps")
     p.add_argument("--out", default=None, help="run folder (default runs/TASK-ALGO-seedN)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch threads (0: the cores others leave idle)"
+    )
     p.set_defaults(func=_cmd_run)
