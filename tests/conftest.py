@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import os
 
+# Tiny models gain little from threads, and on a small shared machine a second busy process makes
+# multi-threaded torch stall on every op; subprocesses inherit the setting.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -10,7 +13,7 @@ import torch  # noqa: E402
 
 import textenv  # noqa: E402,F401  (registers the ids)
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1)
 
 
 @pytest.fixture
