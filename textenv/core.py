@@ -150,7 +150,7 @@ class EpisodeBatch:
         self._encoded: dict[str, list[int]] = {}
         self.warned_no_logprob = False
 
-        B, P, N, L = batch_size, self.P, self.N, self.L
+        B, N, L = batch_size, self.N, self.L
         self.obs_ids = np.full((B, L), self.pad_id, dtype=np.int64)
         self.obs_mask = np.zeros((B, L), dtype=np.int64)
         self.n_gen = np.zeros(B, dtype=np.int64)
@@ -161,7 +161,6 @@ class EpisodeBatch:
         self._ref_lm: IncrementalLM | None = None
         self._ref_next: torch.Tensor | None = None  # (B, V) reference logits for the next token
         self._ref_dirty = True
-        del P
 
     # ------------------------------------------------------------------ spaces
 
@@ -238,6 +237,18 @@ class EpisodeBatch:
             self._ref_dirty = False
         return self._ref_next
 
+    def _advance_reference(self, actions: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """log ρ of each row's action (B,), then feed ``actions[rows]`` to the KV-cached reference;
+        rows not stepped keep their pending next-token logits."""
+        logits = self._ref_logits()
+        taken = torch.as_tensor(actions, device=self.device).clamp(0, self.vocab_size - 1)
+        ref_lp = torch.log_softmax(logits / self.config.temperature, dim=-1)
+        step_ref = ref_lp.gather(-1, taken[:, None]).squeeze(-1).double().cpu().numpy()
+        stepped = torch.zeros(self.batch_size, dtype=torch.bool, device=self.device)
+        stepped[torch.as_tensor(rows, device=self.device)] = True
+        self._ref_next = torch.where(stepped[:, None], self._ref_lm.step(taken, stepped), logits)
+        return step_ref
+
     def action_masks(self) -> np.ndarray:
         """(B, V) bool: tokens inside the reference's top-k / top-p set (NLPO-style masking)."""
         if not self.config.uses_action_mask:
@@ -263,21 +274,8 @@ class EpisodeBatch:
         t = self.n_gen[rows]
         tokens = actions[rows]
         if self.incremental:
-            ref_logits = self._ref_logits()  # before the new tokens enter the observation
-            ref_lp = torch.log_softmax(ref_logits / self.config.temperature, dim=-1)
-            taken = torch.as_tensor(actions, device=self.device).clamp(0, self.vocab_size - 1)
-            step_ref = ref_lp.gather(-1, taken[:, None]).squeeze(-1).double().cpu().numpy()
+            step_ref = self._advance_reference(actions, rows)  # before the tokens enter the obs
             self.step_ref[rows, t] = step_ref[rows]
-            step_mask = np.zeros(B, dtype=bool)
-            step_mask[rows] = True
-            self._ref_next = self._ref_lm.step(
-                torch.as_tensor(actions, device=self.device).clamp(0, self.vocab_size - 1),
-                torch.as_tensor(step_mask, device=self.device),
-            )
-            # Rows not stepped keep their pending logits.
-            self._ref_next = torch.where(
-                torch.as_tensor(step_mask, device=self.device)[:, None], self._ref_next, ref_logits
-            )
             if self.config.kl_reward == "per_token":
                 lp = np.where(np.isnan(logprobs[rows]), step_ref[rows], logprobs[rows])
                 k = kl_estimate(lp, step_ref[rows], self.config.kl_estimator)
