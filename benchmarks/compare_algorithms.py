@@ -1,8 +1,8 @@
 """RL algorithms side by side on the built-in tasks, at equal token budgets, over seeds.
 
-Each algorithm optimises the task's **registered reward** (for the built-in tasks that is the
-gold scorer itself, so proxy = gold here; ``benchmarks/overoptimization.py`` is the learned-proxy
-case) with the env's default KL coefficient β (0.05 for both tasks):
+Each algorithm optimises the task's **gold scorer** (passed as the env's ``reward``, so proxy =
+gold here; ``benchmarks/overoptimization.py`` is the learned-proxy case) with the env's default KL
+coefficient β (0.05 for both tasks):
 
 * ``ppo``, ``grpo``, ``rloo``: ``agents.ALGORITHMS``, each with its package defaults
   (64 episodes per batch, lr 1e-4 decayed linearly; GRPO groups of 8, RLOO k = 4; GRPO puts
@@ -13,7 +13,7 @@ case) with the env's default KL coefficient β (0.05 for both tasks):
   ``batch_size=64``, 4 epochs, lr 1e-4 constant, γ = 1, λ = 0.95; the settings of
   ``docs/sb3.md``);
 * ``bon``: best-of-n sampling from the reference, no training: ``m = 64`` reference samples
-  per held-out prompt, the registered reward picks the best of ``n`` (the unbiased all-subsets
+  per held-out prompt, the gold scorer picks the best of ``n`` (the unbiased all-subsets
   estimate, :func:`textenv.overoptimization.bon_expected`), for n = 1 … 32. Its KL is given
   twice: the analytic ``log n − (n−1)/n`` (an upper bound) and the estimate from the samples
   with the reward's ties (:func:`~textenv.overoptimization.bon_kl_estimate`; both tasks' rewards
@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import json
 import os
 import platform
@@ -146,10 +147,19 @@ class Results:
 # --------------------------------------------------------------------------- runs
 
 
-def _evaluate(model: Any, env_id: str, args: argparse.Namespace) -> dict[str, float]:
+def gold_reward(task: str) -> dict[str, str]:
+    """Env kwargs that make the task's gold scorer the reward (proxy = gold)."""
+    module = importlib.import_module(TASKS[task]["module"])
+    return {"reward": module.TASK["gold"]}
+
+
+def _evaluate(model: Any, task: str, args: argparse.Namespace) -> dict[str, float]:
     from textenv.evaluation import evaluate
 
-    ev = evaluate(model, env_id, n_prompts=args.eval_prompts, seed=args.eval_seed)
+    env_id = TASKS[task]["env_id"]
+    ev = evaluate(
+        model, env_id, n_prompts=args.eval_prompts, seed=args.eval_seed, **gold_reward(task)
+    )
     out = {k: ev.metrics[k].mean for k in ("gold_score", "rm_score", "kl", "num_tokens")}
     out.update({k + "_sem": ev.metrics[k].sem for k in ("gold_score", "rm_score", "kl")})
     return out
@@ -165,7 +175,7 @@ def run_agent(task: str, algo: str, seed: int, budget: int, args: argparse.Names
 
     env_id = TASKS[task]["env_id"]
     agent_cls, config_cls = ALGORITHMS[algo]
-    config = config_cls(env_id=env_id, seed=seed, progress=False)
+    config = config_cls(env_id=env_id, env_kwargs=gold_reward(task), seed=seed, progress=False)
     agent = agent_cls(config)
     clock = Clock()
     curve = []
@@ -180,7 +190,7 @@ def run_agent(task: str, algo: str, seed: int, budget: int, args: argparse.Names
                 "iteration": agent.iteration,
                 "train_wall_s": clock.wall,
                 "train_cpu_s": clock.cpu,
-                **_evaluate(agent.policy.model, env_id, args),
+                **_evaluate(agent.policy.model, task, args),
             }
         )
         _progress(task, algo, seed, curve[-1])
@@ -198,7 +208,7 @@ def run_sb3(task: str, seed: int, budget: int, args: argparse.Namespace) -> dict
     from agents.sb3 import LMActorCriticPolicy, lm_policy_kwargs, make_sb3_env
 
     env_id = TASKS[task]["env_id"]
-    env = make_sb3_env(env_id, n_envs=SB3_ENVS, seed=seed)
+    env = make_sb3_env(env_id, n_envs=SB3_ENVS, seed=seed, **gold_reward(task))
     model = PPO(
         LMActorCriticPolicy,
         env,
@@ -218,7 +228,7 @@ def run_sb3(task: str, seed: int, budget: int, args: argparse.Namespace) -> dict
                 "tokens": int(model.num_timesteps),
                 "train_wall_s": clock.wall,
                 "train_cpu_s": clock.cpu,
-                **_evaluate(lm, env_id, args),
+                **_evaluate(lm, task, args),
             }
         )
         _progress(task, "sb3_ppo", seed, curve[-1])
@@ -244,7 +254,7 @@ def run_sb3(task: str, seed: int, budget: int, args: argparse.Namespace) -> dict
 
 
 def run_bon(task: str, seed: int, args: argparse.Namespace) -> dict:
-    """Best-of-n from the reference on the eval prompts, selected by the registered reward."""
+    """Best-of-n from the reference on the eval prompts, selected by the gold scorer."""
     import importlib
 
     import gymnasium as gym
@@ -273,7 +283,7 @@ def run_bon(task: str, seed: int, args: argparse.Namespace) -> dict:
     flat_p = [r.prompt for r in rows for _ in r.completions]
     flat_c = [c for r in rows for c in r.completions]
     meta = [dict(r.metadata) for r in rows for _ in r.completions]
-    proxy = score(load_reward(t["reward"]), flat_p, flat_c, meta).reshape(len(rows), -1)
+    proxy = score(load_reward(t["gold"]), flat_p, flat_c, meta).reshape(len(rows), -1)
     gold = score(load_reward(t["gold"]), flat_p, flat_c, meta).reshape(len(rows), -1)
     clock.stop()
     from textenv.models import load_tokenizer

@@ -155,6 +155,11 @@ def test_task_defaults_are_json_and_resolve(name):
         assert key in task
     assert task["reference"] == f"builtin:{ {'sentiment': 'prose', 'sort': 'sort'}[name] }"
     for key in ("reward", "gold", "prompts"):
+        if task[key].startswith("builtin:"):  # a shipped reward-model folder
+            from textenv.rewards import load_reward
+
+            assert callable(load_reward(task[key]))
+            continue
         module, func = task[key].split(":")
         assert callable(getattr(importlib.import_module(module), func))
     assert task["max_new_tokens"] <= (16 if name == "sort" else 32)
@@ -204,3 +209,19 @@ def test_sort_tokenizer_is_one_token_per_character():
     ids = tok("52814>12458", add_special_tokens=False)["input_ids"]
     assert len(ids) == 11 and tok.decode(ids) == "52814>12458"
     assert tok.eos_token_id == 0 and len(tok) == 12
+
+
+def test_sentiment_defaults_to_the_shipped_learned_reward_model():
+    import gymnasium as gym
+
+    from textenv.rewards import SequenceClassifierReward
+
+    env = gym.make("textenv/Sentiment-v0").unwrapped
+    assert isinstance(env.core.reward_fn, SequenceClassifierReward)
+    env.reset(seed=0)
+    env.set_action_logprob(-1.0)
+    *_, info = env.step(env.tokenizer.eos_token_id)
+    assert {"rm_score", "gold_score"} <= set(info)  # learned proxy, gold still reported
+    pairs = [("The day was", " wonderful, happy and great."), ("The day was", " awful and sad.")]
+    good, bad = env.core.reward_fn([p for p, _ in pairs], [c for _, c in pairs], [{}, {}])
+    assert good > bad

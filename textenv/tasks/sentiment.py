@@ -23,10 +23,15 @@ completions end with EOS before 24 tokens), so there is a lot to gain.
 attention mask is 0 on padding.
 
 ## Rewards
-``RM(prompt, completion) - beta * KL``: by default the reward model is the gold scorer itself
-(:func:`gold_score`, VADER compound in ``[-1, 1]`` of the completion alone); in the full RLHF
-pipeline it is a reward model learned from preferences that the gold scorer labelled. ``KL``
-is the summed per-token estimate against the frozen reference LM, ``beta = kl_coef`` (or an
+``RM(prompt, completion) - beta * KL``. The registered reward model is a learned one shipped
+with the package (``builtin:sentiment-rm``: the base LM fine-tuned with a score head on 4548 pairs
+of base-LM completions labelled by VADER + Bradley-Terry noise, T = 0.1; held-out pair accuracy
+0.703 against a noise ceiling of 0.924; the recipe is the reward-model stage of
+``textenv run --threads 1 --n-prompts 2048``), so optimising the env is RLHF proper: a learned
+proxy is maximised while ``info["gold_score"]`` reports the gold scorer (:func:`gold_score`,
+VADER compound in ``[-1, 1]`` of the completion alone). Pass
+``reward="textenv.tasks.sentiment:gold_score"`` to optimise the gold score directly. ``KL`` is
+the summed per-token estimate against the frozen reference LM, ``beta = kl_coef`` (or an
 adaptive controller); by default it is all paid at the final step.
 
 Ties: VADER gives exactly 0 to any text without lexicon words, which is most completions of
@@ -80,7 +85,7 @@ TASK = dict(
     max_prompt_tokens=16,
     max_new_tokens=24,
     reference="builtin:prose",
-    reward="textenv.tasks.sentiment:gold_score",
+    reward="builtin:sentiment-rm",
     gold="textenv.tasks.sentiment:gold_score",
     prompts="textenv.tasks.sentiment:prompts",
     kl_coef=0.05,
