@@ -24,6 +24,11 @@ of them alike; the CPU share other processes used during the run is recorded. Re
     python benchmarks/throughput.py                 # B in {16, 64, 256}
     python benchmarks/throughput.py --batch 64 --repeats 3
     python benchmarks/throughput.py --threads 1   # when another process holds one of 2 cores
+    python benchmarks/throughput.py --scaling     # (b) over batch size × episode length + memory
+
+``--scaling`` runs variant (b) over B ∈ {16, 64, 256} × new tokens ∈ {16, 32, 64, 128} and records
+tokens/s, seconds per generated token and the peak resident memory of each rollout (the kernel's
+high-water mark, reset before each config), into ``results/throughput_scaling.{json,png}``.
 """
 
 from __future__ import annotations
@@ -61,15 +66,15 @@ P, N = 8, 32
 EOS = 256
 
 
-def env_kwargs() -> dict:
+def env_kwargs(new_tokens: int = N) -> dict:
     return dict(
         reference=REFERENCE,
         reward=REWARD,
         prompts=[f"Prompt {i:03d}" for i in range(64)],  # 10 byte tokens → truncated to 8
         split="all",
         max_prompt_tokens=P,
-        max_new_tokens=N,
-        max_episode_steps=N,
+        max_new_tokens=new_tokens,
+        max_episode_steps=new_tokens,
         kl_coef=0.05,
     )
 
@@ -133,16 +138,17 @@ def run_sampler_model_work(policy, reference, rm, batch: int, gen: torch.Generat
 
 def rollout_native(policy, envs, batch: int, gen: torch.Generator) -> None:
     cfg = SamplingConfig()
+    new_tokens = envs.unwrapped.config.max_new_tokens
     obs, _ = envs.reset(seed=int(torch.randint(0, 10**6, (1,), generator=gen)))
     lm = IncrementalLM(policy)
     logits = lm.prefill(
         torch.as_tensor(obs["input_ids"][:, :P]), torch.as_tensor(obs["attention_mask"][:, :P])
     )
-    for t in range(N):
+    for t in range(new_tokens):
         tokens, logprobs = sample_tokens(next_token_logprobs(no_eos(logits), cfg), gen)
         envs.unwrapped.set_action_logprobs(logprobs.numpy())
         envs.step(tokens.numpy())
-        if t + 1 < N:
+        if t + 1 < new_tokens:
             logits = lm.step(tokens)
 
 
@@ -290,6 +296,104 @@ def measure(batch: int, repeats: int, with_singles: bool) -> dict:
     }
 
 
+def peak_rss_mib(reset: bool = False) -> float:
+    """This process's resident-memory high-water mark (Linux); ``reset`` starts a new one."""
+    if reset:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def scaling(batches: list[int], lengths: list[int], repeats: int, out: Path) -> dict:
+    """Variant (b) over batch size × episode length: is the per-token cost flat? Peak memory."""
+    gen = torch.Generator().manual_seed(0)
+    policy = load_causal_lm(POLICY)
+    rows = []
+    for new_tokens in lengths:
+        for batch in batches:
+            envs = gym.make_vec(
+                "textenv/TextGen-v0",
+                num_envs=batch,
+                vectorization_mode="vector_entry_point",
+                autoreset_mode=gym.vector.AutoresetMode.DISABLED,
+                **env_kwargs(new_tokens),
+            )
+            rollout_native(policy, envs, batch, gen)  # warm-up
+            base = peak_rss_mib(reset=True)
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                rollout_native(policy, envs, batch, gen)
+                times.append(time.perf_counter() - start)
+            seconds = statistics.median(times)
+            row = {
+                "batch": batch,
+                "new_tokens": new_tokens,
+                "tokens_per_s": batch * new_tokens / seconds,
+                "us_per_token": 1e6 * seconds / (batch * new_tokens),
+                "peak_rss_mib": peak_rss_mib(),
+                "rss_before_mib": base,
+            }
+            rows.append(row)
+            print(
+                f"B={batch:4d} N={new_tokens:4d}  {row['tokens_per_s']:8.0f} tok/s  "
+                f"{row['us_per_token']:7.1f} µs/token  peak RSS {row['peak_rss_mib']:.0f} MiB",
+                flush=True,
+            )
+            envs.close()
+    result = {
+        "rows": rows,
+        "setup": {"policy": POLICY, "prompt_tokens": P},
+        "threads": torch.get_num_threads(),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for batch in batches:
+        sub = [r for r in rows if r["batch"] == batch]
+        ax1.plot(
+            [r["new_tokens"] for r in sub],
+            [r["us_per_token"] for r in sub],
+            "o-",
+            label=f"B={batch}",
+        )
+        ax2.plot(
+            [r["new_tokens"] for r in sub],
+            [r["peak_rss_mib"] for r in sub],
+            "o-",
+            label=f"B={batch}",
+        )
+    ax1.set(
+        xlabel="new tokens per episode",
+        ylabel="µs per generated token",
+        xscale="log",
+        title="native env, per-token cost",
+    )
+    ax2.set(
+        xlabel="new tokens per episode",
+        ylabel="peak RSS (MiB)",
+        xscale="log",
+        title="peak resident memory",
+    )
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=110)
+    plt.close(fig)
+    return result
+
+
 def wait_for_quiet(max_wait: float, threshold: float = 0.25) -> float:
     """Wait (up to max_wait s) until other processes use < threshold of the CPUs; return share."""
     deadline = time.time() + max_wait
@@ -310,9 +414,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait-quiet", type=float, default=120.0, help="max seconds to wait")
     parser.add_argument("--out", type=Path, default=RESULTS / "throughput.json")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--scaling", action="store_true", help="batch × length curves + memory")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[16, 32, 64, 128])
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.scaling:
+        wait_for_quiet(args.wait_quiet)
+        out = (
+            args.out if args.out.name != "throughput.json" else RESULTS / "throughput_scaling.json"
+        )
+        scaling(args.batch, args.lengths, args.repeats, out)
+        return 0
 
     share_before = wait_for_quiet(args.wait_quiet)
     rows = []

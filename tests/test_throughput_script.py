@@ -25,3 +25,18 @@ def test_throughput_script_writes_every_variant(tmp_path):
     assert all(v > 0 for v in row["tokens_per_s"].values())
     assert {"b/o", "b/s", "b/a", "b/c", "b/d", "f/a"} <= set(row["ratios"])
     assert out.with_suffix(".md").read_text().startswith("| B |")
+
+
+def test_scaling_mode_writes_curves(tmp_path):
+    spec = importlib.util.spec_from_file_location("throughput", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "scaling.json"
+    module.main(
+        ["--scaling", "--batch", "2", "--lengths", "4", "8", "--repeats", "1", "--wait-quiet", "0",
+         "--out", str(out)]
+    )  # fmt: skip
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["batch"], r["new_tokens"]) for r in rows] == [(2, 4), (2, 8)]
+    assert all(r["tokens_per_s"] > 0 and r["peak_rss_mib"] > 0 for r in rows)
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
