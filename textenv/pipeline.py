@@ -73,7 +73,7 @@ class RunConfig:
 
     @classmethod
     def quick(cls, **overrides: Any) -> RunConfig:
-        """About a minute: small data, a few RL iterations (what the tests run)."""
+        """About 10 s: small data, a few RL iterations (a smoke test of every stage; the tests run it)."""
         base = dict(
             n_prompts=96, k=4, rm_epochs=1, iterations=6, num_envs=32, eval_every=3, eval_prompts=32
         )
@@ -467,7 +467,11 @@ def register_cli(subparsers: Any) -> None:
     p.add_argument("--iterations", type=int, default=None, help="RL iterations")
     p.add_argument("--n-prompts", dest="n_prompts", type=int, default=None)
     p.add_argument("--kl-coef", dest="kl_coef", type=float, default=None)
-    p.add_argument("--quick", action="store_true", help="about a minute: small data, few steps")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="about 10 s: small data, few steps (a smoke test of every stage)",
+    )
     p.add_argument("--out", default=None, help="run folder (default runs/TASK-ALGO-seedN)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
     p.add_argument(
