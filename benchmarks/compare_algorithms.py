@@ -49,7 +49,6 @@ import csv
 import importlib
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -57,6 +56,9 @@ from typing import Any
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import CPUClock, machine_info  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TASKS = {
@@ -80,56 +82,6 @@ LABELS = {
     "sb3_ppo": "SB3 PPO + LM policy",
     "bon": "best-of-n (reference)",
 }
-
-
-# --------------------------------------------------------------------------- machine load
-
-
-def _cpu_jiffies() -> float:
-    with open("/proc/stat") as f:
-        fields = [float(x) for x in f.readline().split()[1:]]
-    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-
-
-class Clock:
-    """Accumulates wall time, this process's CPU time and others' CPU use over intervals."""
-
-    def __init__(self) -> None:
-        self.wall = self.cpu = self.others = 0.0
-
-    def start(self) -> None:
-        self._w, self._c, self._b = time.perf_counter(), time.process_time(), _cpu_jiffies()
-
-    def stop(self) -> None:
-        wall = time.perf_counter() - self._w
-        cpu = time.process_time() - self._c
-        self.wall += wall
-        self.cpu += cpu
-        self.others += max(0.0, (_cpu_jiffies() - self._b) - cpu)
-
-    @property
-    def others_share(self) -> float:
-        return self.others / (max(self.wall, 1e-9) * (os.cpu_count() or 1))
-
-
-def machine_info() -> dict[str, Any]:
-    import gymnasium
-    import stable_baselines3
-    import transformers
-
-    import textenv
-
-    return {
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "gymnasium": gymnasium.__version__,
-        "stable_baselines3": stable_baselines3.__version__,
-        "textenv": getattr(textenv, "__version__", "?"),
-        "platform": platform.platform(),
-    }
 
 
 class Results:
@@ -177,7 +129,7 @@ def run_agent(task: str, algo: str, seed: int, budget: int, args: argparse.Names
     agent_cls, config_cls = ALGORITHMS[algo]
     config = config_cls(env_id=env_id, env_kwargs=gold_reward(task), seed=seed, progress=False)
     agent = agent_cls(config)
-    clock = Clock()
+    clock = CPUClock()
     curve = []
     for target in _targets(budget, args):
         clock.start()
@@ -217,7 +169,7 @@ def run_sb3(task: str, seed: int, budget: int, args: argparse.Namespace) -> dict
         device="cpu",
         **SB3_SETTINGS,
     )
-    clock = Clock()
+    clock = CPUClock()
     curve: list[dict] = []
     targets = _targets(budget, args)
 
@@ -269,7 +221,7 @@ def run_bon(task: str, seed: int, args: argparse.Namespace) -> dict:
     envs.close()
     order = np.random.default_rng(args.eval_seed).permutation(len(pool))
     prompts = [pool[i] for i in np.resize(order, args.eval_prompts)]  # as evaluate() picks them
-    clock = Clock()
+    clock = CPUClock()
     clock.start()
     rows = sample_completions(
         t["reference"],

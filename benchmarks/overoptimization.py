@@ -45,7 +45,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -55,6 +54,9 @@ from typing import Any
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import CPUClock, machine_info  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 TASKS = {  # env id, task module, simulated labeller's Bradley–Terry temperature
     "sort": ("textenv/Sort-v0", "textenv.tasks.sort", 0.05),
@@ -62,47 +64,6 @@ TASKS = {  # env id, task module, simulated labeller's Bradley–Terry temperatu
 }
 ENV_ID, TASK_MODULE, _ = TASKS["sort"]  # set by --task
 RM_TRAIN = dict(epochs=10, batch_size=32, lr=3e-4, patience=2, val_fraction=0.1)
-
-
-# --------------------------------------------------------------------------- machine load
-
-
-def _cpu_jiffies() -> float:
-    with open("/proc/stat") as f:
-        fields = [float(x) for x in f.readline().split()[1:]]
-    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-
-
-class Timer:
-    """Wall time, this process's CPU time and the share of the machine others used."""
-
-    def __enter__(self) -> Timer:
-        self.wall0, self.cpu0, self.busy0 = time.perf_counter(), time.process_time(), _cpu_jiffies()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.wall = time.perf_counter() - self.wall0
-        self.cpu = time.process_time() - self.cpu0
-        others = (_cpu_jiffies() - self.busy0) - self.cpu
-        self.others_share = max(0.0, others / (max(self.wall, 1e-9) * (os.cpu_count() or 1)))
-
-
-def machine_info() -> dict[str, Any]:
-    import gymnasium
-    import transformers
-
-    import textenv
-
-    return {
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "gymnasium": gymnasium.__version__,
-        "textenv": getattr(textenv, "__version__", "?"),
-        "platform": platform.platform(),
-    }
 
 
 # --------------------------------------------------------------------------- state
@@ -192,7 +153,7 @@ def ensure_rm(args: argparse.Namespace, res: Results, n: int) -> Path:
     order = np.random.default_rng([args.seed, 17]).permutation(len(pool))
     pairs = [pool[i] for i in order[:n]]  # nested: the 250 pairs are inside the 1000, ...
     task = _task()
-    with Timer() as t:
+    with CPUClock() as t:
         metrics = train_reward_model(
             pairs, out, backbone=task["reference"], seed=args.seed, progress=False, **RM_TRAIN
         )
@@ -242,7 +203,7 @@ def _bon_samples(args: argparse.Namespace) -> tuple[list[str], list[list[str]], 
         return args._bon_cache
     task = _task()
     prompts = _eval_prompts(args)
-    with Timer() as t:
+    with CPUClock() as t:
         rows = sample_completions(
             task["reference"],
             prompts,
@@ -273,7 +234,7 @@ def run_bon(args: argparse.Namespace, res: Results, n_pairs: int) -> None:
     texts, comps, gold = _bon_samples(args)
     flat_p = [p for p, cs in zip(texts, comps, strict=True) for _ in cs]
     flat_c = [c for cs in comps for c in cs]
-    with Timer() as t:
+    with CPUClock() as t:
         proxy = score(load_reward(str(folder)), flat_p, flat_c, [{} for _ in flat_p])
     proxy = proxy.reshape(gold.shape)
     points = []
@@ -341,7 +302,7 @@ def run_rl(args: argparse.Namespace, res: Results, n_pairs: int, seed: int) -> N
     for target in sorted({min(t, args.rl_tokens) for t in args.eval_at} | {args.rl_tokens}):
         if agent.tokens_seen >= target:
             continue
-        with Timer() as t:
+        with CPUClock() as t:
             while agent.tokens_seen < target:
                 agent.learn(args.rl_tokens, iterations=1)
         wall, cpu = wall + t.wall, cpu + t.cpu

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -28,6 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import CPUClock  # noqa: E402
 
 from textenv.preferences import SimulatedLabeller, sample_completions
 from textenv.reward_training import train_reward_model
@@ -45,16 +47,6 @@ TASKS = {
     "sort": dict(module="textenv.tasks.sort", k_train=4, k_eval=4, temperature=0.05, ties="skip"),
 }
 TRAIN = dict(epochs=10, batch_size=32, lr=3e-4, patience=2, val_fraction=0.1)
-
-
-def _cpu_busy() -> tuple[float, float]:
-    """(all CPUs' busy seconds, this process's CPU seconds) — to report others' load."""
-    with open("/proc/stat") as f:
-        fields = [float(x) for x in f.readline().split()[1:]]
-    tick = os.sysconf("SC_CLK_TCK")
-    busy = (sum(fields) - fields[3] - fields[4]) / tick  # minus idle and iowait
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return busy, ru.ru_utime + ru.ru_stime
 
 
 def _pool(task: str, split: str, k: int, seed: int) -> list:
@@ -197,13 +189,9 @@ def run(
             rng = np.random.default_rng([seed, n])
             pairs = [pool[i] for i in np.sort(rng.choice(len(pool), size=n, replace=False))]
             out = WORK / f"rm_{task}_{kind}_n{n}_s{seed}"
-            busy0, own0 = _cpu_busy()
-            wall0 = time.perf_counter()
-            m = _train(kind, pairs, out, module.TASK["reference"], seed)
-            wall = time.perf_counter() - wall0
-            busy1, own1 = _cpu_busy()
-            ncpu = os.cpu_count() or 1
-            others = max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall * ncpu)
+            with CPUClock() as clock:
+                m = _train(kind, pairs, out, module.TASK["reference"], seed)
+            others = clock.others_share
             reward = load_reward(str(out))
             sc = score(reward, prompts, [p.chosen for p in hp], meta)
             sr = score(reward, prompts, [p.rejected for p in hp], meta)

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
@@ -46,9 +45,10 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
-import transformers
 
-import textenv
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import CPUClock, machine_info  # noqa: E402
+
 from textenv.models import load_causal_lm, load_frozen_causal_lm, load_sequence_classifier
 from textenv.sampling import (
     IncrementalLM,
@@ -221,15 +221,6 @@ def fused_head_folder() -> str:
 # --------------------------------------------------------------------------- measuring
 
 
-def cpu_times() -> tuple[float, float]:
-    """(all CPU-busy seconds on the machine, this process's CPU seconds)."""
-    with open("/proc/stat") as f:
-        fields = [float(x) for x in f.readline().split()[1:]]
-    ticks = os.sysconf("SC_CLK_TCK")
-    busy = (sum(fields) - fields[3] - fields[4]) / ticks  # minus idle and iowait
-    return busy, time.process_time()
-
-
 def measure(batch: int, repeats: int, with_singles: bool) -> dict:
     gen = torch.Generator().manual_seed(0)
     policy = load_causal_lm(POLICY)
@@ -264,16 +255,12 @@ def measure(batch: int, repeats: int, with_singles: bool) -> dict:
     for fn in variants.values():  # warm-up
         fn()
     times: dict[str, list[float]] = {k: [] for k in variants}
-    busy0, own0 = cpu_times()
-    wall0 = time.perf_counter()
-    for _ in range(repeats):
-        for name, fn in variants.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    wall = time.perf_counter() - wall0
-    busy1, own1 = cpu_times()
-    others = max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall * (os.cpu_count() or 1))
+    with CPUClock() as clock:
+        for _ in range(repeats):
+            for name, fn in variants.items():
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
     tok_s = {k: batch * N / statistics.median(v) for k, v in times.items()}
     b = tok_s["b_native_env"]
     ratios = {
@@ -291,7 +278,7 @@ def measure(batch: int, repeats: int, with_singles: bool) -> dict:
         "batch": batch,
         "tokens_per_s": tok_s,
         "ratios": ratios,
-        "others_cpu_share": others,
+        "others_cpu_share": clock.others_share,
         "repeats": repeats,
     }
 
@@ -398,12 +385,10 @@ def wait_for_quiet(max_wait: float, threshold: float = 0.25) -> float:
     """Wait (up to max_wait s) until other processes use < threshold of the CPUs; return share."""
     deadline = time.time() + max_wait
     while True:
-        busy0, own0 = cpu_times()
-        time.sleep(2.0)
-        busy1, own1 = cpu_times()
-        share = ((busy1 - busy0) - (own1 - own0)) / (2.0 * (os.cpu_count() or 1))
-        if share < threshold or time.time() > deadline:
-            return share
+        with CPUClock() as clock:
+            time.sleep(2.0)
+        if clock.others_share < threshold or time.time() > deadline:
+            return clock.others_share
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -443,18 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     result = {
         "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-        },
-        "versions": {
-            "textenv": textenv.__version__,
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "gymnasium": gym.__version__,
-        },
+        "machine": machine_info(processor=platform.processor()),
         "setup": {
             "policy": POLICY,
             "reference": REFERENCE,

@@ -1,0 +1,79 @@
+"""What every benchmark script records: the machine and versions, and how loaded the machine was.
+
+These machines are small and shared, so each measurement also records the share of the CPUs that
+*other* processes used while it ran (read from ``/proc/stat``; Linux). Scripts import this module
+as ``common`` (they put their own folder on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from typing import Any
+
+__all__ = ["machine_busy_seconds", "CPUClock", "machine_info"]
+
+
+def machine_busy_seconds() -> float:
+    """CPU-busy seconds of the whole machine since boot (all CPUs, minus idle and iowait)."""
+    with open("/proc/stat") as f:
+        fields = [float(x) for x in f.readline().split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class CPUClock:
+    """Wall time, this process's CPU time and others' CPU use, summed over intervals.
+
+    Use ``start()`` / ``stop()`` around each timed interval, or ``with CPUClock() as clock:``
+    for one interval.
+    """
+
+    def __init__(self) -> None:
+        self.wall = self.cpu = self.others = 0.0
+
+    def start(self) -> CPUClock:
+        self._wall0, self._cpu0 = time.perf_counter(), time.process_time()
+        self._busy0 = machine_busy_seconds()
+        return self
+
+    def stop(self) -> None:
+        wall = time.perf_counter() - self._wall0
+        cpu = time.process_time() - self._cpu0
+        self.wall += wall
+        self.cpu += cpu
+        self.others += max(0.0, (machine_busy_seconds() - self._busy0) - cpu)
+
+    def __enter__(self) -> CPUClock:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    @property
+    def others_share(self) -> float:
+        """Share of the machine's CPUs that other processes used during the timed intervals."""
+        return self.others / (max(self.wall, 1e-9) * (os.cpu_count() or 1))
+
+
+def machine_info(**extra: Any) -> dict[str, Any]:
+    """CPU count, torch threads and the versions a result depends on."""
+    import gymnasium
+    import stable_baselines3
+    import torch
+    import transformers
+
+    import textenv
+
+    return {
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "gymnasium": gymnasium.__version__,
+        "stable_baselines3": stable_baselines3.__version__,
+        "textenv": textenv.__version__,
+        "platform": platform.platform(),
+        **extra,
+    }
