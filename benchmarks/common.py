@@ -7,12 +7,14 @@ as ``common`` (they put their own folder on ``sys.path``).
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
+from pathlib import Path
 from typing import Any
 
-__all__ = ["machine_busy_seconds", "CPUClock", "machine_info"]
+__all__ = ["machine_busy_seconds", "CPUClock", "machine_info", "wait_for_quiet", "ResultsFile"]
 
 
 def machine_busy_seconds() -> float:
@@ -77,3 +79,28 @@ def machine_info(**extra: Any) -> dict[str, Any]:
         "platform": platform.platform(),
         **extra,
     }
+
+
+def wait_for_quiet(max_wait: float, threshold: float = 0.25, window: float = 2.0) -> float:
+    """Wait (up to ``max_wait`` s) until others use < ``threshold`` of the CPUs over ``window``
+    seconds; returns the share last seen (benchmarks record it)."""
+    deadline = time.time() + max_wait
+    while True:
+        with CPUClock() as clock:
+            time.sleep(window)
+        if clock.others_share < threshold or time.time() > deadline:
+            return clock.others_share
+
+
+class ResultsFile:
+    """A JSON results file, loaded if it exists (so sweeps resume) and saved atomically."""
+
+    def __init__(self, path: Path, empty: dict[str, Any]) -> None:
+        self.path = path
+        self.data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else empty
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.data, indent=1, default=float) + "\n")
+        os.replace(tmp, self.path)

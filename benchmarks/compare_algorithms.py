@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib
-import json
 import os
 import sys
 import time
@@ -58,7 +57,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CPUClock, machine_info  # noqa: E402
+from common import CPUClock, ResultsFile, machine_info  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TASKS = {
@@ -84,16 +83,11 @@ LABELS = {
 }
 
 
-class Results:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"runs": {}}
+class Results(ResultsFile):
+    """This benchmark's results file (resumable, saved after every record)."""
 
-    def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, default=float) + "\n")
-        os.replace(tmp, self.path)
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, {"runs": {}})
 
 
 # --------------------------------------------------------------------------- runs

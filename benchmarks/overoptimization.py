@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import sys
 import tempfile
@@ -55,7 +54,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CPUClock, machine_info  # noqa: E402
+from common import CPUClock, ResultsFile, machine_info  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TASKS = {  # env id, task module, simulated labeller's Bradley–Terry temperature
@@ -69,20 +68,11 @@ RM_TRAIN = dict(epochs=10, batch_size=32, lr=3e-4, patience=2, val_fraction=0.1)
 # --------------------------------------------------------------------------- state
 
 
-class Results:
-    """The JSON results file, saved atomically after every record."""
+class Results(ResultsFile):
+    """This benchmark's results file (resumable, saved after every record)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self.data: dict[str, Any] = (
-            json.loads(path.read_text()) if path.exists() else {"rms": {}, "bon": {}, "rl": {}}
-        )
-
-    def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, default=float) + "\n")
-        os.replace(tmp, self.path)
+        super().__init__(path, {"rms": {}, "bon": {}, "rl": {}})
 
 
 def _task() -> dict[str, Any]:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,10 @@ from typing import Any
 import numpy as np
 import torch
 
-import textenv  # noqa: F401
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import CPUClock, machine_info, wait_for_quiet  # noqa: E402
+
+import textenv  # noqa: F401, E402
 from agents.sb3 import (
     LMActorCriticPolicy,
     lm_policy_kwargs,
@@ -49,44 +52,6 @@ RESULTS = Path(__file__).parent / "results" / "sb3_vs_native.json"
 
 
 # --------------------------------------------------------------------------- machine load
-
-
-def _busy_jiffies() -> tuple[float, float]:
-    with open("/proc/stat") as f:
-        fields = [float(x) for x in f.readline().split()[1:]]
-    idle = fields[3] + fields[4]
-    return sum(fields) - idle, sum(fields)
-
-
-class CPUShare:
-    """CPU time used by *other* processes during a block, as a share of the machine."""
-
-    def __enter__(self) -> CPUShare:
-        self.busy0, _ = _busy_jiffies()
-        t = os.times()
-        self.own0 = t.user + t.system + t.children_user + t.children_system
-        self.wall0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        busy1, _ = _busy_jiffies()
-        t = os.times()
-        own1 = t.user + t.system + t.children_user + t.children_system
-        wall = time.perf_counter() - self.wall0
-        hz = os.sysconf("SC_CLK_TCK")
-        others = (busy1 - self.busy0) / hz - (own1 - self.own0)
-        self.wall = wall
-        self.others_share = max(0.0, others / (wall * (os.cpu_count() or 1)))
-
-
-def wait_for_quiet(max_wait: float, threshold: float = 0.25) -> float:
-    """Wait until others use < threshold of the machine over 1 s (or max_wait); that share."""
-    deadline = time.time() + max_wait
-    while True:
-        with CPUShare() as c:
-            time.sleep(1.0)
-        if c.others_share < threshold or time.time() > deadline:
-            return c.others_share
 
 
 # --------------------------------------------------------------------------- measurements
@@ -134,7 +99,7 @@ def bench_sb3(env_id: str, env_kwargs: dict, n_envs: int, tokens: int, seed: int
         device="cpu",
     )
     timer = Timer()
-    with CPUShare() as load:
+    with CPUClock() as load:
         model.learn(tokens, callback=timer)
     steps = model.num_timesteps
     return {
@@ -181,7 +146,7 @@ def bench_native(env_id: str, env_kwargs: dict, n_envs: int, tokens: int, seed: 
     gen = torch.Generator().manual_seed(seed)
     native_rollout(envs, model, gen, seed)  # warm-up
     steps, i = 0, 0
-    with CPUShare() as load:
+    with CPUClock() as load:
         while steps < tokens:
             steps += native_rollout(envs, model, gen, seed + 1000 * (i + 1))
             i += 1
@@ -208,7 +173,7 @@ def bench_package_ppo(env_id: str, env_kwargs: dict, n_envs: int, tokens: int, s
         progress=False,
     )
     agent = PPO(config)
-    with CPUShare() as load:
+    with CPUClock() as load:
         agent.learn(tokens)
     hist = agent.history
     key = "env/gold_score" if "env/gold_score" in hist[0] else "env/rm_score"
@@ -241,19 +206,14 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
     results: dict[str, Any] = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-        },
+        "machine": machine_info(),
         "env_id": args.env_id,
         "n_envs": args.n_envs,
         "speed": [],
     }
     for n_new in args.lengths:
         kwargs = {"max_new_tokens": n_new}
-        quiet = wait_for_quiet(args.max_wait)
+        quiet = wait_for_quiet(args.max_wait, window=1.0)
         sb3 = bench_sb3(args.env_id, kwargs, args.n_envs, args.tokens, args.seed)
         sb3.pop("curve")
         native = bench_native(args.env_id, kwargs, args.n_envs, args.tokens, args.seed)
@@ -277,7 +237,7 @@ def main() -> None:
         )
 
     # Reward curves on the same budget: SB3 PPO + LM policy vs the package's PPO.
-    wait_for_quiet(args.max_wait)
+    wait_for_quiet(args.max_wait, window=1.0)
     curve_sb3 = bench_sb3(args.curve_env_id, {}, args.n_envs, args.curve_tokens, args.seed)
     curve_pkg = bench_package_ppo(args.curve_env_id, {}, args.n_envs, args.curve_tokens, args.seed)
     results["curves"] = {"env_id": args.curve_env_id, "sb3": curve_sb3, "package_ppo": curve_pkg}

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CPUClock, machine_info  # noqa: E402
+from common import CPUClock, machine_info, wait_for_quiet  # noqa: E402
 
 from textenv.models import load_causal_lm, load_frozen_causal_lm, load_sequence_classifier
 from textenv.sampling import (
@@ -379,16 +379,6 @@ def scaling(batches: list[int], lengths: list[int], repeats: int, out: Path) -> 
     fig.savefig(out.with_suffix(".png"), dpi=110)
     plt.close(fig)
     return result
-
-
-def wait_for_quiet(max_wait: float, threshold: float = 0.25) -> float:
-    """Wait (up to max_wait s) until other processes use < threshold of the CPUs; return share."""
-    deadline = time.time() + max_wait
-    while True:
-        with CPUClock() as clock:
-            time.sleep(2.0)
-        if clock.others_share < threshold or time.time() > deadline:
-            return clock.others_share
 
 
 def main(argv: list[str] | None = None) -> int:
