@@ -3,7 +3,7 @@
 * :func:`make_envs` builds the lockstep vector env the agents train on
   (``vector_entry_point``, ``AutoresetMode.DISABLED``).
 * :class:`LMPolicy` wraps a trainable causal LM: it samples a whole batch of episodes through
-  :mod:`textenv.sampling` with its KV cache (:meth:`LMPolicy.rollout`), handing the log-prob of
+  :mod:`textenv.lm.sampling` with its KV cache (:meth:`LMPolicy.rollout`), handing the log-prob of
   every action to the env through the log π channel, and scores whole sequences in one forward
   at update time (:meth:`LMPolicy.score`).
 * :class:`Rollout` is what a rollout returns: prompt / completion tensors, sampled log-probs,
@@ -24,9 +24,15 @@ import torch
 from transformers import PreTrainedModel
 
 import textenv  # noqa: F401  (registers the ids)
-from textenv.models import load_causal_lm, load_tokenizer
-from textenv.sampling import IncrementalLM, SamplingConfig, next_token_logprobs, sample_tokens
-from textenv.sampling import sequence_logprobs as _sequence_logprobs
+from textenv.lm.models import load_causal_lm, load_tokenizer
+from textenv.lm.sampling import (
+    IncrementalLM,
+    SamplingConfig,
+    next_token_logprobs,
+    position_ids_from_mask,
+    sample_tokens,
+)
+from textenv.lm.sampling import sequence_logprobs as _sequence_logprobs
 
 __all__ = ["Rollout", "LMPolicy", "make_envs", "masked_mean", "masked_whiten", "FINAL_KEYS"]
 
@@ -254,7 +260,6 @@ def sequence_hidden(
 ) -> torch.Tensor:
     """Last hidden states ``(b, N, H)`` of a separate (value) model over the episodes, one
     forward, without computing the LM head over the completion."""
-    from textenv.sampling import position_ids_from_mask
 
     ids = torch.cat([rollout.prompt_ids[rows], rollout.tokens[rows]], dim=1)
     mask = torch.cat([rollout.prompt_mask[rows].long(), rollout.mask[rows].long()], dim=1)

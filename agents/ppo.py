@@ -27,7 +27,7 @@ import torch
 
 from agents.base import Agent, AgentConfig
 from agents.policy import Rollout, masked_mean, masked_whiten, sequence_hidden
-from textenv.models import load_causal_lm
+from textenv.lm.models import load_causal_lm
 
 __all__ = ["PPOConfig", "PPO", "gae"]
 

@@ -94,9 +94,9 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvS
 from torch import nn
 
 import textenv  # noqa: F401  (registers the ids)
-from textenv.models import load_causal_lm
-from textenv.sampling import position_ids_from_mask
-from textenv.vector import TextGenVectorEnv
+from textenv.env.vector import TextGenVectorEnv
+from textenv.lm.models import load_causal_lm
+from textenv.lm.sampling import position_ids_from_mask
 
 __all__ = [
     "TokenFeaturesExtractor",

@@ -100,7 +100,7 @@ def gold_reward(task: str) -> dict[str, str]:
 
 
 def _evaluate(model: Any, task: str, args: argparse.Namespace) -> dict[str, float]:
-    from textenv.evaluation import evaluate
+    from agents.evaluation import evaluate
 
     env_id = TASKS[task]["env_id"]
     ev = evaluate(
@@ -232,7 +232,7 @@ def run_bon(task: str, seed: int, args: argparse.Namespace) -> dict:
     proxy = score(load_reward(t["gold"]), flat_p, flat_c, meta).reshape(len(rows), -1)
     gold = score(load_reward(t["gold"]), flat_p, flat_c, meta).reshape(len(rows), -1)
     clock.stop()
-    from textenv.models import load_tokenizer
+    from textenv.lm.models import load_tokenizer
 
     tok = load_tokenizer(t["reference"])
     mean_len = float(

@@ -130,7 +130,7 @@ def rm_folder(args: argparse.Namespace, n: int) -> Path:
 
 def ensure_rm(args: argparse.Namespace, res: Results, n: int) -> Path:
     """Train (or find) the proxy RM on ``n`` pairs; record its metrics once."""
-    from textenv.reward_training import train_reward_model
+    from textenv.training.reward_model import train_reward_model
     from textenv.rewards import load_reward, score
 
     out = rm_folder(args, n)
@@ -260,7 +260,7 @@ def run_bon(args: argparse.Namespace, res: Results, n_pairs: int) -> None:
 
 def run_rl(args: argparse.Namespace, res: Results, n_pairs: int, seed: int) -> None:
     from agents import PPO, PPOConfig
-    from textenv.evaluation import evaluate
+    from agents.evaluation import evaluate
 
     key = f"{n_pairs}/seed={seed}"
     if key in res.data["rl"]:

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import CPUClock  # noqa: E402
 
 from textenv.preferences import SimulatedLabeller, sample_completions
-from textenv.reward_training import train_reward_model
+from textenv.training.reward_model import train_reward_model
 from textenv.rewards import load_reward, score
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -103,7 +103,7 @@ def _save(results: dict) -> None:
         "order. Time: RM training on this 2-core machine, 1 thread.",
         "",
         "`backbone` = the base LM fine-tuned with a score head; `fused` = a per-token MLP head on "
-        "the frozen reference's features (textenv.fused_reward: the env then gets log ρ and the "
+        "the frozen reference's features (textenv.rewards.fused: the env then gets log ρ and the "
         "reward from one forward).",
         "",
         "| task | RM | T | pairs (train+val) | held-out pairs | acc | ceiling | gold on labels "
@@ -137,7 +137,7 @@ def _train(kind: str, pairs: list, out: Path, reference: str, seed: int) -> dict
             pairs, out, backbone=reference, seed=seed, progress=sys.stderr.isatty(), **TRAIN
         )
         return m
-    from textenv.fused_reward import train_fused_head
+    from textenv.training.fused_head import train_fused_head
 
     m = train_fused_head(pairs, out, reference=reference, seed=seed)
     head = load_reward(str(out))

@@ -45,8 +45,8 @@ from agents.sb3 import (
     make_native_vec_env,
     make_sb3_env,
 )
-from textenv.models import load_causal_lm
-from textenv.sampling import IncrementalLM, SamplingConfig, next_token_logprobs, sample_tokens
+from textenv.lm.models import load_causal_lm
+from textenv.lm.sampling import IncrementalLM, SamplingConfig, next_token_logprobs, sample_tokens
 
 RESULTS = Path(__file__).parent / "results" / "sb3_vs_native.json"
 

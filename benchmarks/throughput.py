@@ -14,7 +14,7 @@ suppressed). Variants:
 (c) the same sampler through B single envs from ``gym.make`` (a Python loop over envs per step);
 (d) a naive batched env that re-runs the whole prefix through the reference every step (what
     replaying every token through a stateless env costs);
-(f) (b) with a *fused* reward head on the reference's trunk (:mod:`textenv.fused_reward`): the
+(f) (b) with a *fused* reward head on the reference's trunk (:mod:`textenv.rewards.fused`): the
     reference log-probs and the reward come from one forward instead of two.
 
 Variants run round-robin ``--repeats`` times and the median is kept, so a burst of load hits all
@@ -49,8 +49,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import CPUClock, machine_info, wait_for_quiet  # noqa: E402
 
-from textenv.models import load_causal_lm, load_frozen_causal_lm, load_sequence_classifier
-from textenv.sampling import (
+from textenv.lm.models import load_causal_lm, load_frozen_causal_lm, load_sequence_classifier
+from textenv.lm.sampling import (
     IncrementalLM,
     SamplingConfig,
     next_token_logprobs,
@@ -210,7 +210,7 @@ def fused_head_folder() -> str:
     """A fused reward head (random weights: speed does not depend on them) on the reference."""
     import tempfile
 
-    from textenv.fused_reward import FusedRewardHead
+    from textenv.rewards.fused import FusedRewardHead
 
     folder = Path(tempfile.mkdtemp(prefix="textenv-fused-"))
     torch.manual_seed(0)

@@ -12,8 +12,8 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import textenv
-from textenv.kl import kl_estimate
-from textenv.models import load_frozen_causal_lm
+from textenv.env.kl import kl_estimate
+from textenv.lm.models import load_frozen_causal_lm, load_tokenizer
 from textenv.rewards import RewardModelError
 
 ALL_IDS = textenv.registered_ids()
@@ -24,7 +24,7 @@ def test_registry_has_generic_and_no_argument_ids():
     assert "textenv/Tiny-v0" in ALL_IDS
     for env_id in ALL_IDS:
         spec = gym.spec(env_id)
-        assert spec.vector_entry_point == "textenv.vector:TextGenVectorEnv"
+        assert spec.vector_entry_point == "textenv.env.vector:TextGenVectorEnv"
         assert spec.max_episode_steps == spec.kwargs.get("max_new_tokens", 16)
 
 
@@ -100,7 +100,7 @@ def test_eos_terminates_and_length_truncates(tiny_kwargs):
 def _hand_ref_logprobs(prompt: str, tokens: list[int], temperature: float = 1.0) -> np.ndarray:
     """Reference log-probs by brute force: one unbatched forward per prefix."""
     model = load_frozen_causal_lm("tiny")
-    tok = textenv.models.load_tokenizer("tiny")
+    tok = load_tokenizer("tiny")
     ids = tok(prompt)["input_ids"]
     out = []
     for t, a in enumerate(tokens):

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from textenv.evaluation import Stat, evaluate
+from agents.evaluation import Stat, evaluate
 
 
 def test_stat_mean_and_standard_error():
@@ -33,7 +33,7 @@ def test_evaluate_uses_eval_prompts_only():
         prompts=prompts,
         eval_fraction=0.25,
     )
-    from textenv.prompts import load_prompts
+    from textenv.env.prompts import load_prompts
 
     eval_set = {p.text for p in load_prompts(prompts, "eval", eval_fraction=0.25)}
     assert set(ev.prompts) <= eval_set

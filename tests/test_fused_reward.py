@@ -6,10 +6,11 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from textenv.fused_reward import FusedRewardHead, train_fused_head
-from textenv.models import load_frozen_causal_lm
+from textenv.lm.models import load_frozen_causal_lm
 from textenv.preferences import PreferencePair
 from textenv.rewards import load_reward
+from textenv.rewards.fused import FusedRewardHead
+from textenv.training.fused_head import train_fused_head
 
 
 @pytest.fixture(scope="module")

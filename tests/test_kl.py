@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from textenv.kl import AdaptiveKLController, FixedKLController, kl_estimate, make_kl_controller
+from textenv.env.kl import AdaptiveKLController, FixedKLController, kl_estimate, make_kl_controller
 
 
 def test_estimators_match_hand_computation():

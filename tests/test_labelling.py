@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from textenv.labelling import LabelSession, build_questions, run_interactive
 from textenv.preferences import Ranking, read_preferences, read_rankings, write_jsonl
+from textenv.preferences.terminal import LabelSession, build_questions, run_interactive
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from textenv.models import (
+from textenv.lm.models import (
     ModelLoadError,
     byte_tokenizer,
     load_causal_lm,

@@ -1,4 +1,4 @@
-"""The seeded pretraining pipeline (textenv.pretrain): determinism and outputs, on tiny runs."""
+"""The seeded pretraining pipeline (textenv.training.pretrain): determinism and outputs, on tiny runs."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from textenv import pretrain as P
+from textenv.cli import pretrain as pretrain_cli
 from textenv.tasks import sort
+from textenv.training import pretrain as P
 
 
 def _tiny_cfg(**kw) -> P.TrainConfig:
@@ -110,7 +111,7 @@ def test_pretrain_rejects_unknown_task(tmp_path):
 
 def test_cli_arguments():
     parser = argparse.ArgumentParser()
-    P.add_pretrain_arguments(parser)
+    pretrain_cli.add_arguments(parser)
     args = parser.parse_args(["sort", "--steps", "3", "--seed", "2", "--threads", "1"])
     assert (args.task, args.steps, args.seed, args.threads, args.out) == ("sort", 3, 2, 1, None)
     assert args.task_data is False

@@ -5,7 +5,7 @@ import json
 import gymnasium as gym
 import pytest
 
-from textenv.prompts import PromptError, load_prompts
+from textenv.env.prompts import PromptError, load_prompts
 
 PROMPTS = [f"prompt number {i}" for i in range(20)]
 

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from textenv.models import BUILTIN_MODELS_DIR
+from textenv.lm.models import BUILTIN_MODELS_DIR
 from textenv.preferences import PreferencePair, write_jsonl
-from textenv.reward_training import (
+from textenv.rewards import load_reward
+from textenv.training.reward_model import (
     evaluate_reward,
     load_backbone,
     split_by_prompt,
     train_reward_model,
 )
-from textenv.rewards import load_reward
 
 BACKBONE = "tiny-rm:layers=1,width=32,heads=2"
 
@@ -76,7 +76,7 @@ def test_saved_folder_loads_as_env_reward_with_normalisation(trained):
 
 def test_scores_match_training_encoding(trained):
     """The env's loader and the trainer give the same scores (same padding and positions)."""
-    from textenv.reward_training import _Encoder, _score_all
+    from textenv.training.reward_model import _Encoder, _score_all
 
     out, m, _ = trained
     reward = load_reward(str(out))
@@ -112,11 +112,11 @@ def test_split_keeps_prompts_together():
 
 
 def test_backbone_from_causal_lm_folder_and_tiny_lm(tmp_path):
-    from textenv.models import load_causal_lm
+    from textenv.lm.models import load_causal_lm
 
     lm = load_causal_lm("tiny:layers=1,width=32")
     lm.save_pretrained(tmp_path / "lm")
-    from textenv.models import byte_tokenizer
+    from textenv.lm.models import byte_tokenizer
 
     byte_tokenizer().save_pretrained(tmp_path / "lm")
     model, tok = load_backbone(str(tmp_path / "lm"))
@@ -129,7 +129,7 @@ def test_backbone_from_causal_lm_folder_and_tiny_lm(tmp_path):
     model2, _ = load_backbone("tiny:layers=1,width=32")
     assert model2.config.num_labels == 1
     # Training must not touch the shared cached frozen RM.
-    from textenv.models import load_sequence_classifier
+    from textenv.lm.models import load_sequence_classifier
 
     assert not any(p.requires_grad for p in load_sequence_classifier("tiny-rm").parameters())
 

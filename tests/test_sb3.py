@@ -24,7 +24,8 @@ from agents.sb3 import (
     lm_policy_kwargs,
     make_sb3_env,
 )
-from textenv.sampling import position_ids_from_mask
+from textenv.env.vector import TextGenVectorEnv
+from textenv.lm.sampling import position_ids_from_mask
 
 SMALL = {"max_new_tokens": 5, "max_prompt_tokens": 6}
 MIP_KWARGS = {"features_extractor_class": TokenFeaturesExtractor}
@@ -323,7 +324,7 @@ def test_adapter_api_and_errors():
     env.reset()
     assert env.reset_infos[0]["prompt"] == "Hello" and env.reset_infos[2]["prompt"] == "Bye"
     # NEXT_STEP autoreset resets one step late: rejected with a pointer to DISABLED.
-    nxt = textenv.vector.TextGenVectorEnv(num_envs=2, autoreset_mode=AutoresetMode.NEXT_STEP)
+    nxt = TextGenVectorEnv(num_envs=2, autoreset_mode=AutoresetMode.NEXT_STEP)
     with pytest.raises(ValueError, match="DISABLED"):
         TextGenSB3VecEnv(nxt)
     with pytest.raises(TypeError):

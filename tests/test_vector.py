@@ -9,9 +9,9 @@ import torch
 from gymnasium.vector import AutoresetMode
 
 import textenv
-from textenv.models import load_causal_lm, load_frozen_causal_lm
+from textenv.lm.models import load_causal_lm, load_frozen_causal_lm
+from textenv.lm.sampling import SamplingConfig, generate
 from textenv.rewards import load_reward
-from textenv.sampling import SamplingConfig, generate
 
 B = 4
 KW = {
@@ -179,7 +179,7 @@ def test_sampler_feeds_one_token_per_step_after_prefill():
 
 
 def test_sampled_logprobs_are_those_of_the_sampling_distribution():
-    from textenv.sampling import next_token_logprobs, sample_tokens
+    from textenv.lm.sampling import next_token_logprobs, sample_tokens
 
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
     cfg = SamplingConfig(temperature=0.5, top_k=2)

@@ -50,7 +50,7 @@ def test_wheel_contains_and_loads_builtin_models(tmp_path):
         check=True,
     )
     code = (
-        "import textenv, textenv.models as m, gymnasium as gym;"
+        "import textenv, textenv.lm.models as m, gymnasium as gym;"
         f"assert m.__file__.startswith({str(target)!r}), m.__file__;"
         "lm = m.load_causal_lm('builtin:prose');"
         "env = gym.make('textenv/Sentiment-v0'); env.reset(seed=0); print('ok')"

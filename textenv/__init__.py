@@ -11,8 +11,8 @@
 
 from __future__ import annotations
 
-from textenv.core import EnvConfig
-from textenv.registration import register_env, registered_ids
+from textenv.env.config import EnvConfig
+from textenv.env.registration import register_env, registered_ids
 from textenv.tasks import register_builtin_tasks
 
 __version__ = "0.1.0"

@@ -20,7 +20,6 @@ The agents are imported lazily: ``textenv`` itself never depends on ``agents``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -29,8 +28,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from transformers.utils import logging as hf_logging
 
-__all__ = ["RunConfig", "run", "register_cli"]
+from agents import ALGORITHMS
+from agents.evaluation import evaluate
+from textenv.preferences import SimulatedLabeller, read_rankings, sample_completions, write_jsonl
+from textenv.training.fused_head import train_fused_head
+from textenv.training.reward_model import train_reward_model
+
+__all__ = ["RunConfig", "run"]
 
 TASK_IDS = {"sentiment": "textenv/Sentiment-v0", "sort": "textenv/Sort-v0"}
 STAGES = ("samples", "preferences", "reward_model", "policy", "evaluation")
@@ -132,7 +139,6 @@ def _stat(values: np.ndarray) -> tuple[float, float]:
 
 
 def stage_samples(config: RunConfig, run_dir: Path) -> dict[str, Any]:
-    from textenv.preferences import sample_completions, write_jsonl
 
     task = _task(config)
     started = time.perf_counter()
@@ -158,7 +164,6 @@ def stage_samples(config: RunConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def stage_preferences(config: RunConfig, run_dir: Path) -> dict[str, Any]:
-    from textenv.preferences import SimulatedLabeller, read_rankings, write_jsonl
 
     task = _task(config)
     rows = read_rankings(run_dir / "samples" / "samples.jsonl")
@@ -183,13 +188,9 @@ def stage_reward_model(config: RunConfig, run_dir: Path) -> dict[str, Any]:
     out = run_dir / "reward_model" / "rm"
     started = time.perf_counter()
     if config.rm == "fused":
-        from textenv.fused_reward import train_fused_head
-
         metrics = train_fused_head(pairs, out, reference=task["reference"], seed=config.seed)
         accuracy = metrics["val_accuracy"]
     else:
-        from textenv.reward_training import train_reward_model
-
         metrics = train_reward_model(
             pairs, out, backbone=task["reference"], epochs=config.rm_epochs, seed=config.seed
         )
@@ -209,8 +210,6 @@ def _env_kwargs(config: RunConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def stage_policy(config: RunConfig, run_dir: Path) -> dict[str, Any]:
-    from agents import ALGORITHMS
-    from textenv.evaluation import evaluate
 
     agent_cls, config_cls = ALGORITHMS[config.algo]
     stage_dir = run_dir / "policy"
@@ -311,7 +310,6 @@ def _plot(curve: list[dict[str, Any]], path: Path, title: str) -> None:
 
 
 def stage_evaluation(config: RunConfig, run_dir: Path) -> dict[str, Any]:
-    from textenv.evaluation import evaluate
 
     task = _task(config)
     env_kwargs = _env_kwargs(config, run_dir)
@@ -378,8 +376,6 @@ STAGE_FUNCTIONS = {
 
 def run(config: RunConfig, run_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
     """Run (or resume) every stage; returns each stage's summary."""
-    import torch
-    from transformers.utils import logging as hf_logging
 
     config.validate()
     run_dir = Path(run_dir)
@@ -415,66 +411,3 @@ def run(config: RunConfig, run_dir: str | Path, *, resume: bool = False) -> dict
     elapsed = time.perf_counter() - started
     print(f"run folder: {run_dir.resolve()}  ({elapsed:.0f} s this session)")
     return summaries
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def _auto_threads() -> int:
-    """Torch threads for a run: the cores other processes leave idle (at least 1).
-
-    On a small machine a busy second process makes multi-threaded torch stall on every op
-    (many times slower than one thread), so a run only takes the cores that are free.
-    """
-    import torch
-
-    cores = os.cpu_count() or 1
-    try:
-        busy = round(os.getloadavg()[0])
-    except OSError:  # not available on this platform
-        busy = 0
-    return max(1, min(torch.get_num_threads(), cores - busy))
-
-
-def _cmd_run(args: argparse.Namespace) -> int:
-    import torch
-
-    threads = args.threads or _auto_threads()
-    torch.set_num_threads(threads)
-    print(f"torch threads: {threads}" + ("" if args.threads else " (cores left idle by others)"))
-    overrides = {k: v for k, v in vars(args).items() if k in {f.name for f in fields(RunConfig)}}
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if args.resume:
-        run(RunConfig(), args.resume, resume=True)
-        return 0
-    config = RunConfig.quick(**overrides) if args.quick else RunConfig(**overrides)
-    run_dir = args.out or f"runs/{config.task}-{config.algo}-seed{config.seed}" + (
-        "-quick" if args.quick else ""
-    )
-    run(config, run_dir)
-    return 0
-
-
-def register_cli(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "run",
-        help="the whole RLHF loop: sample → simulated preferences → reward model → RL → evaluate",
-    )
-    p.add_argument("--task", choices=sorted(TASK_IDS), default=None)
-    p.add_argument("--algo", choices=("ppo", "grpo", "rloo"), default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--rm", choices=("fused", "backbone"), default=None)
-    p.add_argument("--iterations", type=int, default=None, help="RL iterations")
-    p.add_argument("--n-prompts", dest="n_prompts", type=int, default=None)
-    p.add_argument("--kl-coef", dest="kl_coef", type=float, default=None)
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="about 10 s: small data, few steps (a smoke test of every stage)",
-    )
-    p.add_argument("--out", default=None, help="run folder (default runs/TASK-ALGO-seedN)")
-    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
-    p.add_argument(
-        "--threads", type=int, default=0, help="torch threads (0: the cores others leave idle)"
-    )
-    p.set_defaults(func=_cmd_run)

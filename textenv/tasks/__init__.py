@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-from textenv.registration import register_env
+from textenv.env.registration import register_env
 
 __all__ = ["BUILTIN_TASKS", "register_builtin_tasks"]
 

@@ -18,7 +18,7 @@ releases); :func:`build_corpus` records it.
 The split into train / held-out is by document, each document's side decided by a seeded hash of
 its id, so it does not depend on the order or on which other documents exist.
 
-Text conventions used by the LMs trained on it (:mod:`textenv.pretrain`): a document is a list of
+Text conventions used by the LMs trained on it (:mod:`textenv.training.pretrain`): a document is a list of
 paragraphs (separated by blank lines); each paragraph is one training "text" that ends with the
 EOS token, so the LM learns to stop.
 """

@@ -23,7 +23,7 @@ One of ten built-in English prompts (train split: 9 of them; eval: 1).
 EOS → terminated; 16 tokens → truncated.
 
 ## Arguments
-Any :class:`textenv.core.EnvConfig` field, e.g. ``gym.make("textenv/Tiny-v0", kl_coef=0.1)``.
+Any :class:`textenv.env.config.EnvConfig` field, e.g. ``gym.make("textenv/Tiny-v0", kl_coef=0.1)``.
 
 ## Version History
 * v0: initial version.
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from textenv.core import DEFAULT_PROMPTS
+from textenv.env.config import DEFAULT_PROMPTS
 
 
 def gold_score(

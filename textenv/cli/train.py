@@ -5,14 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
-__all__ = ["register_cli"]
+import torch
+
+from agents import ALGORITHMS
 
 
 def _train(args: argparse.Namespace) -> int:
-    import torch
-
-    from agents import ALGORITHMS
-
     if args.threads:
         torch.set_num_threads(args.threads)
     agent_cls, config_cls = ALGORITHMS[args.algo]
@@ -44,9 +42,8 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("train", help="train a PPO / RLOO / GRPO agent on a registered env")
-    p.add_argument("--algo", choices=("ppo", "rloo", "grpo"), default="ppo")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--algo", choices=sorted(ALGORITHMS), default="ppo")
     p.add_argument("--env", default="textenv/Sort-v0", help="a registered id")
     p.add_argument("--total-tokens", type=int, default=100_000, help="generated tokens in all")
     p.add_argument("--out", required=True, help="checkpoint folder (written atomically)")

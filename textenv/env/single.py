@@ -11,7 +11,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.wrappers import TimeLimit
 
-from textenv.core import EnvConfig, EpisodeBatch, Finished
+from textenv.env.config import EnvConfig
+from textenv.env.core import EpisodeBatch, Finished
 
 __all__ = ["TextGenEnv", "validate_action", "validate_logprob"]
 
@@ -89,7 +90,7 @@ class TextGenEnv(gym.Env[dict, int]):
     applied), and ``gold_score`` where the task has a gold scorer.
 
     ## Arguments
-    See :class:`textenv.core.EnvConfig`: ``reference``, ``reward``, ``prompts``, ``gold``,
+    See :class:`textenv.env.config.EnvConfig`: ``reference``, ``reward``, ``prompts``, ``gold``,
     ``split``, ``max_prompt_tokens``, ``max_new_tokens``, ``kl_coef``, ``kl_estimator``
     (k1/k2/k3), ``kl_target`` (adaptive β when set), ``kl_horizon``, ``kl_reward``,
     ``temperature``, ``missing_eos_penalty``, ``action_mask_top_k``/``action_mask_top_p``

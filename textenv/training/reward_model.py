@@ -18,7 +18,7 @@ start, not the completion. Optional normalisation (``normalize=True``) stores th
 the trained RM's scores on reference samples as config ``reward_mean`` / ``reward_std``, so the
 loaded reward has mean 0 and std 1 there.
 
-Backbones: any spec of :mod:`textenv.models` — ``"builtin:prose"`` (default: the Sentiment
+Backbones: any spec of :mod:`textenv.lm.models` — ``"builtin:prose"`` (default: the Sentiment
 task's base LM, so the RM starts from the LM it will judge, as InstructGPT starts its RM from
 the SFT model), another LM or RM folder, a hub name, or ``"tiny-rm"`` / ``"tiny"`` for tests.
 A causal-LM checkpoint gets a fresh one-output score head.
@@ -26,7 +26,6 @@ A causal-LM checkpoint gets a fresh one-output score head.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -36,13 +35,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers.utils import logging as hf_logging
+
+from textenv.lm.models import (
+    BUILTIN_MODELS_DIR,
+    ModelLoadError,
+    load_sequence_classifier,
+    load_tokenizer,
+    parse_tiny_spec,
+)
+from textenv.lm.sampling import position_ids_from_mask
+from textenv.preferences import PreferencePair, read_preferences
+from textenv.rewards import load_reward, score
 
 __all__ = [
     "load_backbone",
     "train_reward_model",
     "evaluate_reward",
     "split_by_prompt",
-    "register_cli",
 ]
 
 DEFAULT_BACKBONE = "builtin:prose"
@@ -54,18 +66,6 @@ DEFAULT_BACKBONE = "builtin:prose"
 def load_backbone(spec: str, device: str = "cpu") -> tuple[Any, Any]:
     """A fresh, trainable one-label sequence classifier and its tokenizer (pad token set,
     left padding and left truncation)."""
-    import torch  # noqa: F401
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    from textenv.models import (
-        BUILTIN_MODELS_DIR,
-        ModelLoadError,
-        load_sequence_classifier,
-        load_tokenizer,
-        parse_tiny_spec,
-    )
-
     if spec.startswith("tiny"):
         kind, _ = parse_tiny_spec(spec)
         rm_spec = spec if kind == "tiny-rm" else "tiny-rm" + spec[len("tiny") :]
@@ -138,7 +138,6 @@ class _Encoder:
         return [self.cache[t] for t in texts]
 
     def batch(self, texts: Sequence[str], device: Any) -> tuple[Any, Any]:
-        import torch
 
         seqs = self.ids(texts)
         width = max(len(s) for s in seqs)
@@ -151,7 +150,6 @@ class _Encoder:
 
 
 def _forward(model: Any, encoder: _Encoder, texts: Sequence[str], device: Any) -> Any:
-    from textenv.sampling import position_ids_from_mask
 
     input_ids, mask = encoder.batch(texts, device)
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids_from_mask(mask))
@@ -161,7 +159,6 @@ def _forward(model: Any, encoder: _Encoder, texts: Sequence[str], device: Any) -
 def _score_all(
     model: Any, encoder: _Encoder, texts: Sequence[str], device: Any, batch_size: int = 256
 ) -> np.ndarray:
-    import torch
 
     out = []
     with torch.no_grad():
@@ -217,8 +214,6 @@ def evaluate_reward(
 ) -> dict[str, float]:
     """Accuracy (ties count ½) and Bradley–Terry loss of a reward function / spec / RM folder
     on preference pairs (a source :func:`textenv.preferences.read_preferences` accepts)."""
-    from textenv.preferences import PreferencePair, read_preferences
-    from textenv.rewards import load_reward, score
 
     if not (isinstance(pairs, list) and all(isinstance(p, PreferencePair) for p in pairs)):
         pairs = read_preferences(pairs, on_error=on_error)
@@ -266,12 +261,9 @@ def train_reward_model(
     are samples of the policy being labelled). Returns the metrics (also written to
     ``out_dir/training_metrics.json``).
 
-    Note: frozen models are cached per spec in :mod:`textenv.models`; if this process already
+    Note: frozen models are cached per spec in :mod:`textenv.lm.models`; if this process already
     loaded ``out_dir`` with :func:`textenv.rewards.load_reward`, that cached copy is stale.
     """
-    import torch
-
-    from textenv.preferences import PreferencePair, read_preferences
 
     def as_pairs(source: Any) -> list[PreferencePair]:
         if isinstance(source, list) and all(isinstance(p, PreferencePair) for p in source):
@@ -425,88 +417,3 @@ def train_reward_model(
     }
     (out / "training_metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     return metrics
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    samples = None
-    if args.normalize_samples:
-        from textenv.preferences import read_rankings
-
-        samples = [
-            (r.prompt, c) for r in read_rankings(args.normalize_samples) for c in r.completions
-        ]
-    m = train_reward_model(
-        args.data,
-        args.out,
-        backbone=args.backbone,
-        val_pairs=args.val_data,
-        val_fraction=args.val_fraction,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        patience=args.patience,
-        center_coef=args.center_coef,
-        use_margin=not args.no_margin,
-        max_length=args.max_length,
-        normalize=not args.no_normalize,
-        normalize_samples=samples,
-        seed=args.seed,
-        device=args.device,
-        on_error=args.on_error,
-    )
-    val = (
-        f"val accuracy {m['val_accuracy']:.4f}, val loss {m['val_loss']:.4f} (epoch "
-        f"{m['best_epoch']})"
-        if m["val_accuracy"] is not None
-        else "no validation split"
-    )
-    print(
-        f"saved reward model to {args.out}: {m['n_train']} train pairs, {val}, "
-        f"{m['train_time_s']:.1f} s"
-    )
-    return 0
-
-
-def _cmd_eval(args: argparse.Namespace) -> int:
-    m = evaluate_reward(args.model, args.data, on_error=args.on_error)
-    print(
-        f"{args.model} on {args.data}: accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, "
-        f"{m['n']} pairs"
-    )
-    return 0
-
-
-def register_cli(subparsers: Any) -> None:
-    rm = subparsers.add_parser("rm", help="reward models: train / evaluate on preference pairs")
-    sub = rm.add_subparsers(dest="rm_command", required=True)
-    t = sub.add_parser("train", help="train a Bradley–Terry reward model, save an HF folder")
-    t.add_argument("--data", required=True, help="preference JSONL (pairs or K-way rankings)")
-    t.add_argument("--out", required=True, help="output folder (load_reward reads it)")
-    t.add_argument("--backbone", default=DEFAULT_BACKBONE, help="model spec to start from")
-    t.add_argument("--val-data", default=None, help="explicit validation preferences")
-    t.add_argument("--val-fraction", type=float, default=0.1)
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, default=3e-4)
-    t.add_argument("--weight-decay", type=float, default=0.0)
-    t.add_argument("--patience", type=int, default=2, help="early stopping on val loss")
-    t.add_argument("--center-coef", type=float, default=0.0, help="e.g. 0.01 (TRL)")
-    t.add_argument("--no-margin", action="store_true", help="ignore 'margin' in the data")
-    t.add_argument("--max-length", type=int, default=256)
-    t.add_argument("--no-normalize", action="store_true", help="skip reward_mean/std")
-    t.add_argument(
-        "--normalize-samples", default=None, help="K-way samples file (reference samples)"
-    )
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="cpu")
-    t.add_argument("--on-error", default="raise", choices=["raise", "skip"])
-    t.set_defaults(func=_cmd_train)
-    e = sub.add_parser("eval", help="accuracy / loss of a reward model on preference pairs")
-    e.add_argument("--model", required=True, help="reward spec (RM folder, module:function)")
-    e.add_argument("--data", required=True)
-    e.add_argument("--on-error", default="raise", choices=["raise", "skip"])
-    e.set_defaults(func=_cmd_eval)

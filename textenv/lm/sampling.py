@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-from textenv.models import cache_kwarg, output_cache
+from textenv.lm.models import cache_kwarg, output_cache
 
 __all__ = [
     "SamplingConfig",

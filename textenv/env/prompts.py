@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from textenv.models import import_callable, is_callable_spec
+from textenv.lm.models import import_callable, is_callable_spec
 
 __all__ = ["Prompt", "PromptError", "load_prompts", "SPLITS"]
 

@@ -9,8 +9,9 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from textenv.core import EnvConfig, EpisodeBatch, Finished
-from textenv.env import validate_logprob
+from textenv.env.config import EnvConfig
+from textenv.env.core import EpisodeBatch, Finished
+from textenv.env.single import validate_logprob
 
 __all__ = ["TextGenVectorEnv"]
 
@@ -18,7 +19,7 @@ __all__ = ["TextGenVectorEnv"]
 class TextGenVectorEnv(VectorEnv):
     """B copies of :class:`~textenv.env.TextGenEnv` run as one batch.
 
-    Same MDP as the single env (it shares :class:`~textenv.core.EpisodeBatch`), so with the same
+    Same MDP as the single env (it shares :class:`~textenv.env.core.EpisodeBatch`), so with the same
     seeds, actions and log-probs it gives the same rewards as ``gym.make_vec(..., "sync")``:
     row ``i`` draws its prompts from an RNG seeded with ``seed + i``, like sub-env ``i``.
 

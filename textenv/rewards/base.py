@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from textenv.models import (
+from textenv.lm.models import (
     cached_frozen,
     import_callable,
     is_callable_spec,
@@ -27,7 +27,8 @@ from textenv.models import (
     load_tokenizer,
     resolve_dtype,
 )
-from textenv.sampling import position_ids_from_mask
+from textenv.lm.sampling import position_ids_from_mask
+from textenv.rewards.fused import FusedRewardHead, is_fused_reward_folder
 
 __all__ = [
     "RewardFunction",
@@ -113,12 +114,11 @@ def load_reward(
     dtype: str | torch.dtype | None = None,
 ) -> RewardFunction:
     """A reward function from a spec: ``"module:function"``, an RM folder (a sequence classifier or
-    a fused reward head, see :mod:`textenv.fused_reward`), a hub name, or ``"tiny-rm"``."""
+    a fused reward head, see :mod:`textenv.rewards.fused`), a hub name, or ``"tiny-rm"``."""
     if callable(spec):
         return spec
     if is_callable_spec(spec):
         return import_callable(spec)
-    from textenv.fused_reward import FusedRewardHead, is_fused_reward_folder
 
     if is_fused_reward_folder(spec):
         torch_dtype = resolve_dtype(dtype)

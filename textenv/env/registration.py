@@ -7,7 +7,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from textenv.core import EnvConfig
+from textenv.env.config import EnvConfig
 
 __all__ = ["register_env", "registered_ids", "NAMESPACE"]
 
@@ -25,8 +25,8 @@ def register_env(env_id: str, **kwargs: Any) -> None:
     max_new_tokens = kwargs.get("max_new_tokens", EnvConfig.max_new_tokens)
     gym.register(
         id=env_id,
-        entry_point="textenv.env:TextGenEnv",
-        vector_entry_point="textenv.vector:TextGenVectorEnv",
+        entry_point="textenv.env.single:TextGenEnv",
+        vector_entry_point="textenv.env.vector:TextGenVectorEnv",
         max_episode_steps=max_new_tokens,
         kwargs=kwargs,
     )

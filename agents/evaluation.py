@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
-from textenv.models import load_causal_lm
-from textenv.sampling import IncrementalLM, SamplingConfig, next_token_logprobs, sample_tokens
+from textenv.lm.models import load_causal_lm
+from textenv.lm.sampling import IncrementalLM, SamplingConfig, next_token_logprobs, sample_tokens
 
 __all__ = ["Stat", "Evaluation", "evaluate", "rollout_policy"]
 

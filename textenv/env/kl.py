@@ -20,6 +20,8 @@ from typing import Literal, Protocol, TypeVar
 import numpy as np
 import torch
 
+from textenv.env.config import KL_ESTIMATORS
+
 __all__ = [
     "KL_ESTIMATORS",
     "KLEstimator",
@@ -31,7 +33,6 @@ __all__ = [
 ]
 
 KLEstimator = Literal["k1", "k2", "k3"]
-KL_ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3")
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 

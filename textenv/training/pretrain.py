@@ -16,21 +16,26 @@ Each model folder holds ``save_pretrained`` output of a ``GPT2LMHeadModel`` and 
 ``PreTrainedTokenizerFast`` plus ``pretrain_metrics.json``. Command line::
 
     textenv pretrain prose --out textenv/data/models/prose --seed 0
-    python -m textenv.pretrain sort
+    python -m textenv.training.pretrain sort
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+import tokenizers
+import torch
+import transformers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from textenv.lm.models import BUILTIN_MODELS_DIR
+from textenv.tasks import corpus, sentiment, sort
 
 __all__ = [
     "BASE_MODELS",
@@ -38,13 +43,10 @@ __all__ = [
     "pretrain",
     "train_lm",
     "evaluate_lm",
-    "add_pretrain_arguments",
-    "run_pretrain_command",
-    "main",
 ]
 
 EOS = "<|endoftext|>"
-MODELS_DIR = Path(__file__).resolve().parent / "data" / "models"
+MODELS_DIR = BUILTIN_MODELS_DIR
 
 
 @dataclass
@@ -88,8 +90,6 @@ BASE_MODELS: dict[str, TrainConfig] = {
 
 def train_bpe_tokenizer(texts: list[str], vocab_size: int):
     """Byte-level BPE (``tokenizers``), wrapped in a ``PreTrainedTokenizerFast``; EOS = id 0."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -122,8 +122,6 @@ def encode_texts(tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
 def _task_data(task: str, cfg: TrainConfig, seed: int):
     """(tokenizer, train_texts, heldout_texts, info) of a base model."""
     if task == "prose":
-        from textenv.tasks import corpus
-
         docs = corpus.build_corpus()
         train_docs, held_docs = corpus.split_corpus(
             docs, heldout_frac=cfg.extra["heldout_frac"], seed=seed
@@ -139,8 +137,6 @@ def _task_data(task: str, cfg: TrainConfig, seed: int):
         }
         return tok, train_texts, held_texts, info
     if task == "sort":
-        from textenv.tasks import sort
-
         p = cfg.extra["p_correct"]
         train_texts = sort.lm_texts(cfg.extra["n_train"], seed=seed, split="train", p_correct=p)
         held_texts = sort.lm_texts(cfg.extra["n_heldout"], seed=seed, split="eval", p_correct=p)
@@ -155,8 +151,6 @@ def _task_data(task: str, cfg: TrainConfig, seed: int):
 def make_model(cfg: TrainConfig, tokenizer, seed: int, *, dropout: float = 0.0):
     """A GPT-2 (``gelu_pytorch_tanh``, tied embeddings, EOS = BOS = pad) initialised from
     ``seed``. ``dropout`` (train-time only) applies to residual, embedding and attention."""
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
 
     eos = tokenizer.eos_token_id
     config = GPT2Config(
@@ -198,7 +192,6 @@ def _lr_at(step: int, cfg: TrainConfig, total: int) -> float:
 
 def evaluate_lm(model, stream: np.ndarray, seq_len: int, batch_size: int = 64) -> float:
     """Mean next-token NLL (nats) over ``stream``, cut into non-overlapping windows."""
-    import torch
 
     n = seq_len + 1
     k = max(1, (len(stream) - 1) // seq_len)
@@ -239,7 +232,6 @@ def train_lm(
     log=None,
 ) -> dict:
     """AdamW + warmup + cosine LR on random windows (seeded). Returns the loss history."""
-    import torch
 
     total = cfg.steps if steps is None else steps
     rng = np.random.default_rng([seed, 1])
@@ -296,7 +288,6 @@ def train_lm(
 def _sample(model, tokenizer, prompt_texts: list[str], max_new_tokens: int, seed: int):
     """Temperature-1 ancestral samples (one per prompt), batched by prompt length (no padding,
     so positions are unambiguous). Returns completions (decoded, EOS removed)."""
-    import torch
 
     eos = tokenizer.eos_token_id
     enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompt_texts]
@@ -337,8 +328,6 @@ def _sample(model, tokenizer, prompt_texts: list[str], max_new_tokens: int, seed
 
 def _samples_and_scores(task: str, model, tokenizer, seed: int) -> dict:
     if task == "prose":
-        from textenv.tasks import sentiment
-
         prompts = [
             "The return value",
             "This module provides",
@@ -350,8 +339,6 @@ def _samples_and_scores(task: str, model, tokenizer, seed: int) -> dict:
         comps = _sample(model, tokenizer, prompts, sentiment.TASK["max_new_tokens"], seed)
         return {"samples": [{"prompt": p, "completion": c} for p, c in zip(prompts, comps)]}
     if task == "sort":
-        from textenv.tasks import sort
-
         n_new = sort.TASK["max_new_tokens"]
         rows = sort.make_prompts("eval", 500, seed=0)
         ps = [r["prompt"] for r in rows]
@@ -386,7 +373,6 @@ def pretrain(
     the metrics: held-out loss/perplexity, parameter count, train time, samples (and for
     ``sort`` the mean gold score of temperature-1 samples on the eval prompts).
     """
-    import torch
 
     if task not in BASE_MODELS:
         raise ValueError(f"unknown base model {task!r}; known: {sorted(BASE_MODELS)}")
@@ -458,7 +444,6 @@ def pretrain(
 
 def _disable_dropout(model) -> None:
     """Dropout 0 in the saved config (and in the live modules), whatever was trained with."""
-    import torch
 
     model.config.resid_pdrop = model.config.embd_pdrop = model.config.attn_pdrop = 0.0
     for module in model.modules():
@@ -469,73 +454,9 @@ def _disable_dropout(model) -> None:
 def _versions() -> dict:
     import sys
 
-    import tokenizers
-    import torch
-    import transformers
-
     return {
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "tokenizers": tokenizers.__version__,
     }
-
-
-def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``textenv pretrain``."""
-    parser.add_argument("task", choices=sorted(BASE_MODELS), help="which base LM to train")
-    parser.add_argument(
-        "--out",
-        default=None,
-        help="output folder (default: the package's own textenv/data/models/<task>)",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=None, help="default: the model's own")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    parser.add_argument(
-        "--task-data",
-        action="store_true",
-        help="also (re)write the task's prompt files under textenv/data/tasks/ "
-        "(prose -> sentiment prompts, sort -> sort prompts)",
-    )
-
-
-def run_pretrain_command(args: argparse.Namespace) -> int:
-    """Run ``textenv pretrain`` from parsed arguments; returns the exit code."""
-    out = args.out or str(MODELS_DIR / args.task)
-    os.makedirs(out, exist_ok=True)
-    metrics = pretrain(args.task, out, seed=args.seed, steps=args.steps, threads=args.threads)
-    if getattr(args, "task_data", False):
-        if args.task == "prose":
-            from textenv.tasks import sentiment
-
-            counts = sentiment.write_prompt_files(tokenizer_dir=out, seed=args.seed)
-        else:
-            from textenv.tasks import sort
-
-            counts = sort.write_prompt_files(seed=args.seed)
-        print(f"[pretrain {args.task}] task prompts written: {counts}")
-    print(
-        f"[pretrain {args.task}] params={metrics['parameters']} "
-        f"heldout_ppl={metrics['heldout_perplexity']:.2f} train_time={metrics['train_time_s']}s"
-    )
-    return 0
-
-
-def register_cli(subparsers: Any) -> None:
-    """``textenv pretrain``: (re)train a built-in base LM, reproducibly."""
-    parser = subparsers.add_parser(
-        "pretrain", help="train a built-in base LM (seeded, reproducible)"
-    )
-    add_pretrain_arguments(parser)
-    parser.set_defaults(func=run_pretrain_command)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="textenv pretrain", description=__doc__.split("\n")[0])
-    add_pretrain_arguments(parser)
-    return run_pretrain_command(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -61,7 +61,7 @@ __all__ = [
     "output_cache",
 ]
 
-BUILTIN_MODELS_DIR = Path(__file__).parent / "data" / "models"
+BUILTIN_MODELS_DIR = Path(__file__).resolve().parents[1] / "data" / "models"
 EOS_TOKEN = "<|endoftext|>"
 
 TINY_DEFAULTS: dict[str, int] = {

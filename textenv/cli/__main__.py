@@ -1,0 +1,5 @@
+"""``python -m textenv.cli``."""
+
+from textenv.cli import main
+
+raise SystemExit(main())
