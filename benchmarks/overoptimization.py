@@ -130,8 +130,8 @@ def rm_folder(args: argparse.Namespace, n: int) -> Path:
 
 def ensure_rm(args: argparse.Namespace, res: Results, n: int) -> Path:
     """Train (or find) the proxy RM on ``n`` pairs; record its metrics once."""
-    from textenv.training.reward_model import train_reward_model
     from textenv.rewards import load_reward, score
+    from textenv.training.reward_model import train_reward_model
 
     out = rm_folder(args, n)
     key = str(n)

@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import CPUClock  # noqa: E402
 
 from textenv.preferences import SimulatedLabeller, sample_completions
-from textenv.training.reward_model import train_reward_model
 from textenv.rewards import load_reward, score
+from textenv.training.reward_model import train_reward_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 JSON_PATH = RESULTS / "reward_model.json"
