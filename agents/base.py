@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
-import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,8 +17,9 @@ import numpy as np
 import torch
 
 from agents.policy import LMPolicy, Rollout, make_envs
+from textenv.files import atomic_write_dir, resolve_dir
 
-__all__ = ["AgentConfig", "Agent", "atomic_save_dir"]
+__all__ = ["AgentConfig", "Agent"]
 
 
 @dataclass
@@ -88,40 +86,8 @@ class AgentConfig:
         return asdict(self)
 
 
-def atomic_save_dir(target: str | os.PathLike, write: Any) -> Path:
-    """Write a folder atomically: ``write(tmp)`` fills a temp folder next to ``target``, then
-    it replaces ``target`` by renames. A kill before the swap leaves the old folder untouched;
-    a kill between the two renames leaves it at ``.<name>.old`` (which :func:`_resolve_checkpoint`
-    falls back to)."""
-    target = Path(target).resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        write(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = target.parent / f".{target.name}.old"
-    if target.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
-    return target
-
-
 def _resolve_checkpoint(path: str | os.PathLike) -> Path:
-    path = Path(path).resolve()
-    if (path / "agent.pt").is_file():
-        return path
-    old = path.parent / f".{path.name}.old"
-    if (old / "agent.pt").is_file():
-        warnings.warn(
-            f"{path} is missing (interrupted save); loading the previous one {old}", stacklevel=3
-        )
-        return old
-    raise FileNotFoundError(f"no agent checkpoint at {path} (expected {path / 'agent.pt'})")
+    return resolve_dir(path, "agent.pt")
 
 
 class Agent:
@@ -338,7 +304,7 @@ class Agent:
             torch.save(state, tmp / "agent.pt")
             (tmp / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
 
-        return atomic_save_dir(path, write)
+        return atomic_write_dir(path, write)
 
     def _save_extra(self, folder: Path) -> None:
         """Extra HF folders (a separate value model)."""

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from agents import GRPO, PPO, RLOO, GRPOConfig, LMPolicy, PPOConfig, RLOOConfig, make_envs
-from agents.base import atomic_save_dir
 from agents.grpo import group_advantages
 from agents.ppo import gae
 from agents.rloo import leave_one_out_advantages
+from textenv.files import atomic_write_dir as atomic_save_dir
 
 
 @pytest.fixture(autouse=True)

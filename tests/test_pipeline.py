@@ -45,7 +45,7 @@ def test_interrupted_run_resumes_to_the_same_numbers(finished_run, tmp_path, mon
     run_dir = tmp_path / "b"
     real_learn_chunks = []
 
-    original = pipeline._write_json
+    original = pipeline.atomic_write_json
 
     def interrupt_after_first_checkpoint(path, data):
         original(path, data)
@@ -53,10 +53,10 @@ def test_interrupted_run_resumes_to_the_same_numbers(finished_run, tmp_path, mon
             real_learn_chunks.append(1)
             raise KeyboardInterrupt  # as if the user pressed Ctrl-C after one checkpoint
 
-    monkeypatch.setattr(pipeline, "_write_json", interrupt_after_first_checkpoint)
+    monkeypatch.setattr(pipeline, "atomic_write_json", interrupt_after_first_checkpoint)
     with pytest.raises(KeyboardInterrupt):
         run(RunConfig.quick(), run_dir)
-    monkeypatch.setattr(pipeline, "_write_json", original)
+    monkeypatch.setattr(pipeline, "atomic_write_json", original)
     assert (run_dir / "reward_model" / "done.json").is_file()
     assert not (run_dir / "policy" / "done.json").exists()
 

@@ -21,7 +21,6 @@ The agents are imported lazily: ``textenv`` itself never depends on ``agents``.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -33,6 +32,7 @@ from transformers.utils import logging as hf_logging
 
 from agents import ALGORITHMS
 from agents.evaluation import evaluate
+from textenv.files import atomic_write_json
 from textenv.preferences import SimulatedLabeller, read_rankings, sample_completions, write_jsonl
 from textenv.training.fused_head import train_fused_head
 from textenv.training.reward_model import train_reward_model
@@ -113,19 +113,13 @@ def _task(config: RunConfig) -> dict[str, Any]:
     return dict(importlib.import_module(f"textenv.tasks.{config.task}").TASK)
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float))
-    os.replace(tmp, path)
-
-
 def _done(run_dir: Path, stage: str) -> dict[str, Any] | None:
     marker = run_dir / stage / "done.json"
     return json.loads(marker.read_text()) if marker.is_file() else None
 
 
 def _finish(run_dir: Path, stage: str, summary: dict[str, Any], line: str) -> dict[str, Any]:
-    _write_json(run_dir / stage / "done.json", summary)
+    atomic_write_json(run_dir / stage / "done.json", summary)
     print(f"[{stage}] {line}", flush=True)
     return summary
 
@@ -265,9 +259,9 @@ def stage_policy(config: RunConfig, run_dir: Path) -> dict[str, Any]:
             kl=f"{last['kl']['mean']:.2f}",
         )
         agent.save(checkpoint)
-        _write_json(curve_path, curve)
+        atomic_write_json(curve_path, curve)
     bar.close()
-    _write_json(curve_path, curve)
+    atomic_write_json(curve_path, curve)
     agent.policy.model.save_pretrained(stage_dir / "final")
     agent.policy.tokenizer.save_pretrained(stage_dir / "final")
     last = curve[-1]
@@ -390,7 +384,7 @@ def run(config: RunConfig, run_dir: str | Path, *, resume: bool = False) -> dict
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise FileExistsError(f"{run_dir} is not empty; pass --resume to continue that run")
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(config_path, asdict(config))
+    atomic_write_json(config_path, asdict(config))
     torch.manual_seed(config.seed)
     started = time.perf_counter()
     summaries = {}

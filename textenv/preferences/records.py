@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from textenv.files import atomic_write_lines
 
 __all__ = [
     "PreferenceFormatError",
@@ -299,18 +299,6 @@ def _as_row(item: Any) -> dict[str, Any]:
 
 def write_jsonl(path: str | Path, items: Iterable[Any]) -> int:
     """Write pairs and/or rankings (records or dicts, validated) atomically; returns the count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     lines = [json.dumps(_as_row(item), ensure_ascii=False) + "\n" for item in items]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(lines)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_lines(path, lines)
     return len(lines)

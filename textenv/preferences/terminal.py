@@ -28,9 +28,7 @@ ceiling.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +36,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from textenv.files import append_line, atomic_write_lines
 from textenv.preferences import Ranking, read_rankings
 
 __all__ = ["Question", "build_questions", "LabelSession", "run_interactive"]
@@ -71,19 +70,6 @@ def build_questions(rows: list[Ranking], mode: str, seed: int = 0) -> list[Quest
             shown = tuple(int(x) for x in rng.permutation(g))
             out.append(Question(len(out), s, tuple(g), shown))
     return out
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class LabelSession:
@@ -122,31 +108,11 @@ class LabelSession:
         return {int(r["item"]) for r in self.rows}
 
     def append(self, row: dict[str, Any]) -> None:
-        data = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            written = os.write(fd, data)
-            while written < len(data):  # short writes are rare but possible
-                written += os.write(fd, data[written:])
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_line(self.path, json.dumps(row, ensure_ascii=False))
         self.rows.append(row)
 
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                for row in rows:
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(self.path.parent)
+        atomic_write_lines(self.path, [json.dumps(r, ensure_ascii=False) + "\n" for r in rows])
 
     def undo(self) -> dict[str, Any] | None:
         if not self.rows:
