@@ -19,7 +19,7 @@ import torch
 from agents.policy import LMPolicy, Rollout, make_envs
 from textenv.files import atomic_write_dir, resolve_dir
 
-__all__ = ["AgentConfig", "Agent"]
+__all__ = ["AgentConfig", "Agent", "env_return"]
 
 
 @dataclass
@@ -84,6 +84,20 @@ class AgentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def env_return(final: dict[str, np.ndarray]) -> np.ndarray:
+    """Per-episode return in the env's accounting, ``rm_score − penalty − kl_coef · kl``, from
+    a rollout's final infos (``kl`` is the env's per-episode KL estimate, ``kl_coef`` the β
+    in force when the episode ended). It is what ``kl_reward="terminal"`` pays, and what
+    ``"per_token"`` pays in sum; agents log it as ``env/return`` whatever their ``kl_reward``."""
+    penalty = final.get("penalty")
+    ret = np.asarray(final["rm_score"], dtype=np.float64) - np.asarray(
+        final["kl_coef"], dtype=np.float64
+    ) * np.asarray(final["kl"], dtype=np.float64)
+    if penalty is not None:
+        ret = ret - np.asarray(penalty, dtype=np.float64)
+    return ret
 
 
 def _resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -174,9 +188,14 @@ class Agent:
         return float(norm)
 
     def _env_metrics(self, rollout: Rollout) -> dict[str, float]:
+        """The env's own accounting, the same for every agent: ``env/return`` is RM − β·KL
+        (less any missing-EOS penalty) from the final infos, whatever reward the agent trained
+        on (GRPO asks the env for RM only and puts β·k3 in its loss; that sum is
+        ``env/train_return``)."""
         fin = rollout.final
         m = {
-            "env/return": float(rollout.returns.mean()),
+            "env/return": float(np.mean(env_return(fin))),
+            "env/train_return": float(rollout.returns.mean()),
             "env/rm_score": float(np.mean(fin["rm_score"])),
             "env/kl": float(np.mean(fin["kl"])),
             "env/kl_coef": float(np.mean(fin["kl_coef"])),
