@@ -24,7 +24,7 @@ import torch
 from agents.base import Agent, AgentConfig
 from agents.policy import Rollout, masked_mean
 
-__all__ = ["GRPOConfig", "GRPO", "group_advantages", "LOSS_TYPES", "SCALE_REWARDS"]
+__all__ = ["GRPOConfig", "GRPO", "group_advantages", "grpo_loss", "LOSS_TYPES", "SCALE_REWARDS"]
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo")
 SCALE_REWARDS = ("group", "batch", "none")
@@ -106,6 +106,43 @@ def group_advantages(
     return adv.reshape(-1), std.squeeze(-1)
 
 
+def grpo_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    epsilon_low: float,
+    epsilon_high: float,
+    beta: float,
+    loss_type: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GRPO's loss on ``(b, N)`` token log-probs; returns (loss, ratios, per-token k3 KL).
+
+    Per token: ``−min(r·A, clip(r, 1 − ε_low, 1 + ε_high)·A) + β·k3`` with
+    ``k3 = exp(ρ − π) − (ρ − π) − 1`` (≥ 0, its gradient pulls log π towards log ρ);
+    ``advantages`` are per sequence, ``(b,)``. Normalised by ``loss_type`` (module docstring):
+    ``dr_grpo`` divides the masked sum by ``b × N``, N the padded completion length."""
+    ratio = (logprobs - old_logprobs).exp()
+    adv = advantages[:, None]
+    clipped = ratio.clamp(1 - epsilon_low, 1 + epsilon_high)
+    per_token = -torch.min(ratio * adv, clipped * adv)
+    ref_diff = ref_logprobs - logprobs
+    kl = ref_diff.exp() - ref_diff - 1  # k3, ≥ 0
+    if beta > 0:
+        per_token = per_token + beta * kl
+    if loss_type == "grpo":
+        loss = masked_mean(per_token, mask, dim=1).mean()
+    elif loss_type == "bnpo":
+        loss = masked_mean(per_token, mask)
+    elif loss_type == "dr_grpo":
+        loss = (per_token * mask).sum() / (mask.shape[0] * mask.shape[1])
+    else:
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    return loss, ratio, kl
+
+
 class GRPO(Agent):
     """Group Relative Policy Optimisation for LM policies on a textenv vector env."""
 
@@ -128,7 +165,6 @@ class GRPO(Agent):
     def _update(self, rollout: Rollout) -> dict[str, float]:
         cfg = self.config
         mask = rollout.mask
-        N = mask.shape[1]
         beta = self.beta
         advantages, group_std = group_advantages(
             rollout.returns, cfg.group_size, cfg.scale_rewards, cfg.adv_eps
@@ -145,20 +181,18 @@ class GRPO(Agent):
                 m = mask[rows]
                 logprobs = self.policy.score(rollout, rows)
                 logratio = logprobs - old_logprobs[rows]
-                ratio = logratio.exp()
                 adv = advantages[rows, None]
-                clipped = ratio.clamp(1 - cfg.epsilon_low, 1 + cfg.epsilon_high)
-                per_token = -torch.min(ratio * adv, clipped * adv)
-                ref_diff = ref[rows] - logprobs
-                kl = ref_diff.exp() - ref_diff - 1  # k3, ≥ 0
-                if beta > 0:
-                    per_token = per_token + beta * kl
-                if cfg.loss_type == "grpo":
-                    loss = masked_mean(per_token, m, dim=1).mean()
-                elif cfg.loss_type == "bnpo":
-                    loss = masked_mean(per_token, m)
-                else:  # dr_grpo
-                    loss = (per_token * m).sum() / (len(rows) * N)
+                loss, ratio, kl = grpo_loss(
+                    logprobs,
+                    old_logprobs[rows],
+                    ref[rows],
+                    advantages[rows],
+                    m,
+                    epsilon_low=cfg.epsilon_low,
+                    epsilon_high=cfg.epsilon_high,
+                    beta=beta,
+                    loss_type=cfg.loss_type,
+                )
                 stats["grad"].append(self._step(loss))
                 with torch.no_grad():
                     stats["loss"].append(float(loss))

@@ -29,7 +29,7 @@ from agents.base import Agent, AgentConfig
 from agents.policy import Rollout, masked_mean, masked_whiten, sequence_hidden
 from textenv.lm.models import load_causal_lm
 
-__all__ = ["PPOConfig", "PPO", "gae"]
+__all__ = ["PPOConfig", "PPO", "gae", "clipped_policy_loss", "clipped_value_loss"]
 
 VALUE_MODELS = ("shared", "separate")
 
@@ -95,6 +95,36 @@ def gae(
     return advantages
 
 
+def clipped_policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate, ``mean_mask max(−A·r, −A·clip(r, 1 − ε, 1 + ε))`` with
+    ``r = exp(log π − log π_old)``; returns the loss and the ratios (for the statistics).
+
+    ``advantages`` broadcast against the ``(b, N)`` log-probs (per token, or ``(b, 1)``)."""
+    ratio = (logprobs - old_logprobs).exp()
+    losses = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_eps, 1 + clip_eps))
+    return masked_mean(losses, mask), ratio
+
+
+def clipped_value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip_value: float,
+) -> torch.Tensor:
+    """``½·mean_mask max((V − R)², (V_clip − R)²)``, ``V_clip`` = V kept within ``clip_value``
+    of the old values (the pessimistic of the two, as in PPO's reference implementation)."""
+    v_clipped = old_values + (values - old_values).clamp(-clip_value, clip_value)
+    losses = torch.max((values - returns) ** 2, (v_clipped - returns) ** 2)
+    return 0.5 * masked_mean(losses, mask)
+
+
 class PPO(Agent):
     """Proximal Policy Optimisation for LM policies on a textenv vector env."""
 
@@ -147,19 +177,11 @@ class PPO(Agent):
                 m = mask[rows]
                 logprobs, values = self._score(rollout, rows)
                 logratio = logprobs - old_logprobs[rows]
-                ratio = logratio.exp()
-                adv = advantages[rows]
-                pg_losses = torch.max(
-                    -adv * ratio, -adv * ratio.clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps)
+                pg_loss, ratio = clipped_policy_loss(
+                    logprobs, old_logprobs[rows], advantages[rows], m, cfg.clip_eps
                 )
-                pg_loss = masked_mean(pg_losses, m)
-
                 v_old = old_values[rows]
-                v_clipped = v_old + (values - v_old).clamp(-cfg.clip_value, cfg.clip_value)
-                vf_losses = torch.max(
-                    (values - returns[rows]) ** 2, (v_clipped - returns[rows]) ** 2
-                )
-                vf_loss = 0.5 * masked_mean(vf_losses, m)
+                vf_loss = clipped_value_loss(values, v_old, returns[rows], m, cfg.clip_value)
 
                 loss = pg_loss + cfg.vf_coef * vf_loss
                 stats["grad"].append(self._step(loss))

@@ -16,6 +16,7 @@ import torch
 
 from agents.base import Agent, AgentConfig
 from agents.policy import Rollout, masked_mean
+from agents.ppo import clipped_policy_loss
 
 __all__ = ["RLOOConfig", "RLOO", "leave_one_out_advantages"]
 
@@ -82,10 +83,11 @@ class RLOO(Agent):
                 m = mask[rows]
                 logprobs = self.policy.score(rollout, rows)
                 logratio = logprobs - old_logprobs[rows]
-                ratio = logratio.exp()
-                adv = advantages[rows, None]
-                pg = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps))
-                loss = masked_mean(pg, m)
+                # The token-level policy gradient −A·log π, as PPO's clipped ratio (same gradient
+                # on-policy; safe when epochs > 1).
+                loss, ratio = clipped_policy_loss(
+                    logprobs, old_logprobs[rows], advantages[rows, None], m, cfg.clip_eps
+                )
                 grads.append(self._step(loss))
                 with torch.no_grad():
                     losses.append(float(loss))
