@@ -210,7 +210,7 @@ def test_vector_bad_input():
         envs.step(np.array([1.5, 1, 1, 1]))
     with pytest.raises(ValueError, match="expected actions of shape"):
         envs.step(np.array([1, 1]))
-    with pytest.raises(ValueError, match="expected 4 log-probs"):
+    with pytest.raises(ValueError, match=r"log π must have shape \(4,\), one per env"):
         envs.unwrapped.set_action_logprobs([0.0])
     with pytest.raises(ValueError, match="options\\['prompts'\\] must hold 4 prompts"):
         envs.reset(options={"prompts": ["a", "b"]})

@@ -13,7 +13,6 @@ masks need the reference's next-token distribution every step; then a KV-cached
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +21,8 @@ import torch
 from gymnasium import spaces
 
 from textenv.env.config import EnvConfig
-from textenv.env.kl import kl_estimate, make_kl_controller
-from textenv.env.prompts import Prompt, load_prompts
+from textenv.env.kl import K3_MAX_LOG_RATIO, kl_estimate, make_kl_controller, report_missing_logprob
+from textenv.env.prompts import Prompt, PromptEncoder, check_prompt_text, load_prompts
 from textenv.lm.models import load_frozen_causal_lm, load_tokenizer
 from textenv.lm.sampling import (
     IncrementalLM,
@@ -87,7 +86,7 @@ class EpisodeBatch:
         self._mask_sampling = SamplingConfig(
             config.temperature, config.action_mask_top_k, config.action_mask_top_p
         )
-        self._encoded: dict[str, list[int]] = {}
+        self._encode_text = PromptEncoder(self.tokenizer, self.P)
         self.warned_no_logprob = False
 
         B, N, L = batch_size, self.N, self.L
@@ -122,21 +121,14 @@ class EpisodeBatch:
         if isinstance(prompt, Prompt):
             return prompt
         if isinstance(prompt, str):
-            return Prompt(prompt)
+            return Prompt(check_prompt_text(prompt, "reset option prompt"))
         if isinstance(prompt, dict) and isinstance(prompt.get("prompt"), str):
-            return Prompt(prompt["prompt"], {k: v for k, v in prompt.items() if k != "prompt"})
+            text = check_prompt_text(prompt["prompt"], "reset option prompt")
+            return Prompt(text, {k: v for k, v in prompt.items() if k != "prompt"})
         raise ValueError(f"a prompt must be a string or a {{'prompt': str}} dict, got {prompt!r}")
 
     def _encode(self, prompt: Prompt) -> list[int]:
-        ids = self._encoded.get(prompt.text)
-        if ids is None:
-            ids = self.tokenizer(prompt.text, add_special_tokens=False)["input_ids"]
-            if not ids:  # an empty prompt still needs one token to condition on
-                ids = [self.eos_id]
-            ids = ids[-self.P :]  # left-truncate: keep the end, next to the completion
-            if len(self._encoded) < 100_000:
-                self._encoded[prompt.text] = ids
-        return ids
+        return self._encode_text(prompt.text)
 
     def start(self, rows: np.ndarray, prompts: list[Prompt]) -> None:
         """Begin new episodes on ``rows`` with the given prompts."""
@@ -218,7 +210,9 @@ class EpisodeBatch:
             self.step_ref[rows, t] = step_ref[rows]
             if self.config.kl_reward == "per_token":
                 lp = np.where(np.isnan(logprobs[rows]), step_ref[rows], logprobs[rows])
-                k = kl_estimate(lp, step_ref[rows], self.config.kl_estimator)
+                k = kl_estimate(
+                    lp, step_ref[rows], self.config.kl_estimator, max_log_ratio=K3_MAX_LOG_RATIO
+                )
                 rewards[rows] = -self.controller.value * k
         self.obs_ids[rows, self.P + t] = tokens
         self.obs_mask[rows, self.P + t] = 1
@@ -229,7 +223,18 @@ class EpisodeBatch:
         done_rows = rows[terminated[rows] | truncated[rows]]
         finished = None
         if len(done_rows):
-            finished = self._finish(done_rows, truncated)
+            try:
+                finished = self._finish(done_rows, truncated)
+            except BaseException:
+                # A raising reward function must not leave half a step behind: take the tokens
+                # back so the same step can be retried (or the rows reset).
+                self.obs_ids[rows, self.P + t] = self.pad_id
+                self.obs_mask[rows, self.P + t] = 0
+                self.logp[rows, t] = np.nan
+                self.step_ref[rows, t] = np.nan
+                self.n_gen[rows] -= 1
+                self._ref_dirty = True  # the KV-cached reference already took the tokens
+                raise
             rewards[done_rows] += self._final_reward(finished)
         return rewards, terminated, truncated, finished
 
@@ -277,7 +282,7 @@ class EpisodeBatch:
             ref[:, :width][gen_mask.cpu().numpy() == 0] = np.nan
         logp = self.logp[rows].copy()
         logp = np.where(np.isnan(logp), ref, logp)  # no log π from the agent: KL term 0
-        k = kl_estimate(logp, ref, self.config.kl_estimator)
+        k = kl_estimate(logp, ref, self.config.kl_estimator, max_log_ratio=K3_MAX_LOG_RATIO)
         kl = np.nansum(k, axis=1)
         prompts = [self.row_prompt[r].text for r in rows]
         metadata = [dict(self.row_prompt[r].metadata) for r in rows]
@@ -333,12 +338,6 @@ class EpisodeBatch:
         self.controller.value = value
 
     def warn_no_logprob(self) -> None:
-        if not self.warned_no_logprob:
-            self.warned_no_logprob = True
-            warnings.warn(
-                "no log π was supplied before step(): the env takes log π = log ρ for such tokens, "
-                "so they add 0 to the KL penalty. Call env.unwrapped.set_action_logprob(x) (vector "
-                "env: set_action_logprobs(array)) before each step; info['logprob_source'] says "
-                "'agent' or 'none' per step.",
-                stacklevel=3,
-            )
+        """A step without log π: an error under ``kl_logprob="require"``, else a warning once."""
+        report_missing_logprob(self.config.kl_logprob, self.warned_no_logprob, stacklevel=4)
+        self.warned_no_logprob = True

@@ -18,17 +18,26 @@ nearest to the completion, matters most).
 from __future__ import annotations
 
 import json
+import sys
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from textenv.env.config import SPLITS
 from textenv.lm.models import import_callable, is_callable_spec
 
-__all__ = ["Prompt", "PromptError", "load_prompts", "SPLITS"]
-
-SPLITS = ("train", "eval", "all")
+__all__ = [
+    "Prompt",
+    "PromptError",
+    "PromptEncoder",
+    "load_prompts",
+    "SPLITS",
+    "check_prompt_text",
+    "adds_bos",
+]
 
 
 class PromptError(ValueError):
@@ -41,21 +50,45 @@ class Prompt:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+def check_prompt_text(text: str, where: str) -> str:
+    """``text`` if it is valid Unicode a tokenizer can encode; a :class:`PromptError` otherwise.
+
+    A lone surrogate (``"\\ud800"``, e.g. from a badly decoded file) is a valid Python ``str``
+    but not encodable text, and fails deep inside a tokenizer without saying which prompt.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise PromptError(
+            f"{where}: the prompt is not valid Unicode text ({exc.reason} at character "
+            f"{exc.start}: {text[exc.start : exc.end]!r}); prompt starts {text[:40]!r}"
+        ) from None
+    return text
+
+
 def _from_item(item: Any, where: str) -> Prompt:
     if isinstance(item, str):
-        return Prompt(item)
+        return Prompt(check_prompt_text(item, where))
     if isinstance(item, dict):
         if "prompt" not in item or not isinstance(item["prompt"], str):
             raise PromptError(f"{where}: expected a 'prompt' string key, got keys {sorted(item)}")
         meta = {k: v for k, v in item.items() if k != "prompt"}
-        return Prompt(item["prompt"], meta)
+        return Prompt(check_prompt_text(item["prompt"], where), meta)
     raise PromptError(f"{where}: a prompt must be a string or a dict, got {type(item).__name__}")
 
 
 def _read_file(path: Path) -> list[Prompt]:
     if not path.is_file():
         raise PromptError(f"prompt file {str(path)!r} does not exist")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        data = path.read_bytes()
+        lineno = data.count(b"\n", 0, exc.start) + 1
+        raise PromptError(
+            f"{path}:{lineno}: not UTF-8 text (byte {data[exc.start : exc.start + 1]!r} at "
+            f"offset {exc.start})"
+        ) from None
     if path.suffix == ".jsonl":
         prompts = []
         for lineno, line in enumerate(lines, 1):
@@ -115,3 +148,59 @@ def load_prompts(
     if not prompts:
         raise PromptError(f"{where} gave no prompts for split {split!r}")
     return prompts
+
+
+def adds_bos(tokenizer: Any) -> bool:
+    """Whether ``tokenizer`` puts its BOS token in front of a text by itself (Llama-style)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return False
+    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    return with_special[:1] == [bos] and plain[:1] != [bos]
+
+
+class PromptEncoder:
+    """Prompt text → the token ids the env puts in the observation, with a cache bounded in bytes.
+
+    Prompts are encoded without the tokenizer's special tokens (an appended EOS would end the
+    episode before it starts), except a BOS the tokenizer adds by itself (Llama-style), which
+    the model was trained to see first: it is kept, and kept in front when an over-long prompt is
+    left-truncated to ``max_tokens``. An empty prompt becomes the EOS token (the model needs one
+    token to condition on). The cache forgets the oldest prompts past ``max_bytes`` (text plus
+    ids), so an endless prompt stream cannot grow memory.
+    """
+
+    def __init__(self, tokenizer: Any, max_tokens: int, max_bytes: int = 64 * 2**20) -> None:
+        self.tokenizer = tokenizer
+        self.max_tokens = max_tokens
+        self.max_bytes = max_bytes
+        self.bos_id = tokenizer.bos_token_id if adds_bos(tokenizer) else None
+        self._cache: OrderedDict[str, list[int]] = OrderedDict()
+        self.nbytes = 0
+
+    @staticmethod
+    def _cost(text: str, ids: list[int]) -> int:
+        return sys.getsizeof(text) + sys.getsizeof(ids) + 28 * len(ids)
+
+    def __call__(self, text: str) -> list[int]:
+        ids = self._cache.get(text)
+        if ids is not None:
+            return ids
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not ids:  # an empty prompt still needs one token to condition on
+            ids = [self.tokenizer.eos_token_id]
+        if self.bos_id is not None and ids[0] != self.bos_id:
+            ids = [self.bos_id, *ids[-(self.max_tokens - 1) :]] if self.max_tokens > 1 else ids
+        ids = ids[-self.max_tokens :]  # left-truncate: keep the end, next to the completion
+        cost = self._cost(text, ids)
+        if cost <= self.max_bytes:
+            self._cache[text] = ids
+            self.nbytes += cost
+            while self.nbytes > self.max_bytes:
+                old_text, old_ids = self._cache.popitem(last=False)
+                self.nbytes -= self._cost(old_text, old_ids)
+        return ids
+
+    def __len__(self) -> int:
+        return len(self._cache)

@@ -13,8 +13,9 @@ from gymnasium.wrappers import TimeLimit
 
 from textenv.env.config import EnvConfig
 from textenv.env.core import EpisodeBatch, Finished
+from textenv.env.kl import check_logprob
 
-__all__ = ["TextGenEnv", "validate_action", "validate_logprob"]
+__all__ = ["TextGenEnv", "validate_action", "check_seed", "check_options", "reset_info"]
 
 
 def validate_action(action: Any, vocab_size: int) -> int:
@@ -35,15 +36,42 @@ def validate_action(action: Any, vocab_size: int) -> int:
     return action
 
 
-def validate_logprob(value: Any) -> float:
-    """A log-probability: a finite number ≤ 0 (a little slack for rounding)."""
-    try:
-        x = float(value)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"log π must be a number, got {value!r}") from exc
-    if not np.isfinite(x) or x > 1e-4:
-        raise ValueError(f"log π must be a finite log-probability ≤ 0, got {x}")
-    return min(x, 0.0)
+def check_seed(seed: Any) -> int | None:
+    """``reset(seed=...)``: None or a non-negative integer (not a bool, not a float)."""
+    if seed is None:
+        return None
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be a non-negative integer or None, got {seed!r}")
+    if seed < 0:
+        raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
+    return int(seed)
+
+
+def check_options(options: Any, accepted: tuple[str, ...], other: dict[str, str]) -> dict:
+    """``reset(options=...)``: a dict with only ``accepted`` keys; ``other`` maps a key that
+    belongs elsewhere to where it belongs (e.g. ``"prompts"`` to the vector env)."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise TypeError(f"reset options must be a dict or None, got {options!r:.80}")
+    for key in options:
+        if key in other:
+            raise ValueError(f"reset option {key!r} is not accepted here: {other[key]}")
+        if key not in accepted:
+            raise ValueError(f"unknown reset option {key!r}; this env accepts {list(accepted)}")
+    return options
+
+
+def reset_info(core: EpisodeBatch, row: int) -> dict[str, Any]:
+    """What an agent needs to read the observation: the prompt, its token count and the special
+    token ids (pad fills the unused columns; EOS ends the episode; BOS may open a prompt)."""
+    return {
+        "prompt": core.row_prompt[row].text,
+        "prompt_tokens": int(core.obs_mask[row, : core.P].sum()),
+        "pad_token_id": core.pad_id,
+        "eos_token_id": core.eos_id,
+        "bos_token_id": core.tokenizer.bos_token_id,
+    }
 
 
 class TextGenEnv(gym.Env[dict, int]):
@@ -60,7 +88,14 @@ class TextGenEnv(gym.Env[dict, int]):
     ## Observation Space
     ``Dict(input_ids=Box(0, V-1, (L,), int64), attention_mask=Box(0, 1, (L,), int64))`` with
     ``L = max_prompt_tokens + max_new_tokens``, laid out as
-    ``[left-padded prompt | generated tokens | right padding]``; pad id = the tokenizer's.
+    ``[left-padded prompt | generated tokens | right padding]``: the prompt fills columns
+    ``max_prompt_tokens - info["prompt_tokens"]`` to ``max_prompt_tokens - 1``, the token of step
+    ``t`` (from 0) lands in column ``max_prompt_tokens + t``, and ``attention_mask`` is 1 exactly
+    on the prompt and the generated tokens. Unused columns hold the pad id. ``info`` at reset
+    holds ``prompt``, ``prompt_tokens``, ``pad_token_id``, ``eos_token_id`` and ``bos_token_id``
+    (pad, EOS and BOS may be the same id, as on the built-in tasks; a tokenizer without a pad
+    token pads with EOS). A tokenizer that adds BOS by itself (Llama-style) keeps it in front
+    of the prompt.
 
     ## Rewards
     ``kl_reward="terminal"`` (default): 0 until the last step, then ``RM − β·KL̂``.
@@ -70,9 +105,12 @@ class TextGenEnv(gym.Env[dict, int]):
 
     **The log π channel.** Only the agent knows π. Before ``step`` call
     ``env.unwrapped.set_action_logprob(x)`` with the log-prob of the action under the
-    distribution actually sampled from (temperature included; ρ is scored at ``temperature``).
-    Without it that token's log π is taken as log ρ (it adds 0 to KL̂), the env warns once, and
-    ``info["logprob_source"]`` says ``"agent"`` or ``"none"`` on every step.
+    distribution actually sampled from (temperature included; ρ is scored at ``temperature``):
+    a Python float, a numpy scalar or one-element array, or a one-element torch tensor on any
+    device, finite and in ``[-1000, 0]`` (see :mod:`textenv.env.kl`). Without it that token's
+    log π is taken as log ρ (it adds 0 to KL̂) and the env warns once, naming the fix; with
+    ``kl_logprob="require"`` a step without it raises instead. ``info["logprob_source"]`` says
+    ``"agent"`` or ``"none"`` on every step. For k3 the per-token log ratio is clamped to ±10.
 
     ## Starting State
     A prompt drawn uniformly (with ``self.np_random``) from the split, or the one passed as
@@ -93,7 +131,7 @@ class TextGenEnv(gym.Env[dict, int]):
     See :class:`textenv.env.config.EnvConfig`: ``reference``, ``reward``, ``prompts``, ``gold``,
     ``split``, ``max_prompt_tokens``, ``max_new_tokens``, ``kl_coef``, ``kl_estimator``
     (k1/k2/k3), ``kl_target`` (adaptive β when set), ``kl_horizon``, ``kl_reward``,
-    ``temperature``, ``missing_eos_penalty``, ``action_mask_top_k``/``action_mask_top_p``
+    ``kl_logprob`` (``"warn"`` or ``"require"``), ``temperature``, ``missing_eos_penalty``, ``action_mask_top_k``/``action_mask_top_p``
     (enables ``action_masks()`` for MaskablePPO), ``device``, ``dtype``, ``render_mode``.
 
     ## Version History
@@ -113,7 +151,7 @@ class TextGenEnv(gym.Env[dict, int]):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None")
         self.render_mode = render_mode
-        self.config = EnvConfig(**kwargs)
+        self.config = EnvConfig.from_kwargs(kwargs)
         self.core = EpisodeBatch(self.config, batch_size=1)
         self.observation_space = self.core.observation_space()
         self.action_space = self.core.action_space()
@@ -136,9 +174,10 @@ class TextGenEnv(gym.Env[dict, int]):
     def tokenizer(self) -> Any:
         return self.core.tokenizer
 
-    def set_action_logprob(self, logprob: float) -> None:
-        """log π of the action about to be passed to ``step`` (consumed by that step)."""
-        self._pending_logprob = validate_logprob(logprob)
+    def set_action_logprob(self, logprob: Any) -> None:
+        """log π of the action about to be passed to ``step`` (consumed by that step): a float,
+        a numpy scalar/one-element array or a one-element torch tensor (any device)."""
+        self._pending_logprob = check_logprob(logprob)
 
     def action_masks(self) -> np.ndarray:
         """Bool ``(V,)``: the reference's top-k/top-p set for the next token (for MaskablePPO)."""
@@ -147,9 +186,16 @@ class TextGenEnv(gym.Env[dict, int]):
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        super().reset(seed=seed)
+        super().reset(seed=check_seed(seed))
         self._check_time_limit()
-        options = options or {}
+        options = check_options(
+            options,
+            ("prompt",),
+            {
+                "prompts": "it is the vector env's; the single env takes options={'prompt': p}",
+                "reset_mask": "it is the vector env's; a single env always resets",
+            },
+        )
         if "prompt" in options:
             prompt = self.core.resolve_prompt(options["prompt"])
         else:
@@ -157,7 +203,7 @@ class TextGenEnv(gym.Env[dict, int]):
         self.core.start(np.array([0]), [prompt])
         self._pending_logprob = None
         self._started, self._done = True, False
-        return self.core.observation(0), {"prompt": prompt.text}
+        return self.core.observation(0), reset_info(self.core, 0)
 
     def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         if not self._started:
@@ -168,13 +214,15 @@ class TextGenEnv(gym.Env[dict, int]):
             )
         token = validate_action(action, self.core.vocab_size)
         logprob = self._pending_logprob
-        self._pending_logprob = None
         source = "agent" if logprob is not None else "none"
         if logprob is None:
-            self.core.warn_no_logprob()
+            self.core.warn_no_logprob()  # raises under kl_logprob="require"
+        # The core undoes a step whose reward function raised; the log π stays pending for the
+        # retry.
         rewards, terminated, truncated, finished = self.core.apply(
             np.array([token]), np.array([np.nan if logprob is None else logprob]), np.array([0])
         )
+        self._pending_logprob = None
         info: dict[str, Any] = {"logprob_source": source}
         if finished is not None:
             self._done = True

@@ -11,7 +11,8 @@ from gymnasium.vector.utils import batch_space
 
 from textenv.env.config import EnvConfig
 from textenv.env.core import EpisodeBatch, Finished
-from textenv.env.single import validate_logprob
+from textenv.env.kl import check_logprobs
+from textenv.env.single import check_options, check_seed, reset_info
 
 __all__ = ["TextGenVectorEnv"]
 
@@ -35,6 +36,12 @@ class TextGenVectorEnv(VectorEnv):
     ``info`` uses Gymnasium's vector convention: each key maps to an array over the batch with a
     boolean ``"_key"`` array marking the rows it is set for; per-token arrays are
     ``(B, max_new_tokens)`` padded with NaN; ``info["logprob_source"]`` is set every step.
+    ``info`` at reset holds, per row, ``prompt``, ``prompt_tokens``, ``pad_token_id``,
+    ``eos_token_id`` and ``bos_token_id`` (the observation layout is the single env's).
+
+    **log π on the autoreset step** (``NEXT_STEP``): the step after a row finished only resets
+    that row; its action and its log π are ignored (pass any valid token and NaN), and its
+    ``info["logprob_source"]`` is not set (``info["_logprob_source"]`` is False there).
     """
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
@@ -47,7 +54,7 @@ class TextGenVectorEnv(VectorEnv):
         max_episode_steps: int | None = None,
         **kwargs: Any,
     ) -> None:
-        if not isinstance(num_envs, int) or num_envs < 1:
+        if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
         mode = AutoresetMode(autoreset_mode)
         if mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.DISABLED):
@@ -58,7 +65,7 @@ class TextGenVectorEnv(VectorEnv):
         self.autoreset_mode = mode
         self.num_envs = num_envs
         self.render_mode = None
-        self.config = EnvConfig(**kwargs)
+        self.config = EnvConfig.from_kwargs(kwargs)
         # gym.make_vec passes the registered max_episode_steps along; the native env has no
         # TimeLimit that could cut an episode before it is scored (it truncates itself at
         # max_new_tokens), so overriding only max_new_tokens is safe here and the value is unused.
@@ -94,14 +101,9 @@ class TextGenVectorEnv(VectorEnv):
         return self.core.prompts
 
     def set_action_logprobs(self, logprobs: Any) -> None:
-        """log π of each row's next action, shape ``(B,)``; NaN for a row means "none"."""
-        arr = np.asarray(logprobs, dtype=np.float64).reshape(-1)
-        if arr.shape[0] != self.num_envs:
-            raise ValueError(f"expected {self.num_envs} log-probs, got {arr.shape[0]}")
-        bad = np.isinf(arr) | (arr > 1e-4)
-        if bad.any():
-            validate_logprob(arr[np.flatnonzero(bad)[0]])  # raises with the offending value
-        self._pending = np.minimum(arr, 0.0)
+        """log π of each row's next action, shape ``(B,)``: a numpy array, a torch tensor (any
+        device) or a list of floats; NaN for a row means "none" (that token adds 0 to KL̂)."""
+        self._pending = check_logprobs(logprobs, self.num_envs)
 
     def action_masks(self) -> np.ndarray:
         """Bool ``(B, V)``: the reference's top-k / top-p set per row."""
@@ -112,11 +114,18 @@ class TextGenVectorEnv(VectorEnv):
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         B = self.num_envs
         if seed is not None:
-            seeds = [seed + i for i in range(B)] if isinstance(seed, int) else list(seed)
-            if len(seeds) != B:
-                raise ValueError(f"expected {B} seeds, got {len(seeds)}")
+            if isinstance(seed, (list, tuple, np.ndarray)):
+                seeds = [check_seed(s) for s in seed]
+                if len(seeds) != B:
+                    raise ValueError(f"seed: expected {B} seeds, got {len(seeds)}")
+            else:
+                seeds = [check_seed(seed) + i for i in range(B)]
             self._rngs = [seeding.np_random(s)[0] for s in seeds]
-        options = options or {}
+        options = check_options(
+            options,
+            ("prompts", "reset_mask"),
+            {"prompt": "it is the single env's; the vector env takes options={'prompts': [...]}"},
+        )
         rows = np.arange(B)
         if "reset_mask" in options:
             mask = np.asarray(options["reset_mask"], dtype=bool)
@@ -127,7 +136,13 @@ class TextGenVectorEnv(VectorEnv):
             rows = np.flatnonzero(mask)
         if "prompts" in options:
             given = options["prompts"]
-            given = [given] * B if isinstance(given, (str, dict)) else list(given)
+            if isinstance(given, (str, dict)):
+                given = [given] * B
+            elif not isinstance(given, (list, tuple)):
+                raise TypeError(
+                    f"options['prompts'] must be a prompt or a list of {B} prompts, got "
+                    f"{given!r:.80}"
+                )
             if len(given) != B:
                 raise ValueError(f"options['prompts'] must hold {B} prompts, got {len(given)}")
             prompts = [self.core.resolve_prompt(given[r]) for r in rows]
@@ -137,10 +152,15 @@ class TextGenVectorEnv(VectorEnv):
         self._needs_reset[rows] = False
         self._pending = None
         self._started = True
-        info = {
-            "prompt": np.array([p.text if p else "" for p in self.core.row_prompt], dtype=object),
-            "_prompt": np.isin(np.arange(B), rows),
-        }
+        started = np.isin(np.arange(B), rows)
+        per_row = [reset_info(self.core, r) for r in range(B) if started[r]]
+        info: dict[str, Any] = {}
+        for key in per_row[0] if per_row else ():
+            values = [row[key] for row in per_row]
+            kind = object if isinstance(values[0], str) or None in values else np.int64
+            column = np.full(B, "" if kind is object else 0, dtype=kind)
+            column[started] = values
+            info[key], info["_" + key] = column, started
         return self.core.observation(), info
 
     def step(
@@ -151,22 +171,26 @@ class TextGenVectorEnv(VectorEnv):
         B, core = self.num_envs, self.core
         actions = self._validate_actions(actions)
         logprobs = self._pending if self._pending is not None else np.full(B, np.nan)
-        self._pending = None
 
         rewards = np.zeros(B)
         terminated = np.zeros(B, dtype=bool)
         truncated = np.zeros(B, dtype=bool)
         reset_rows = np.flatnonzero(self._needs_reset)
-        if self.autoreset_mode == AutoresetMode.NEXT_STEP and len(reset_rows):
-            core.start(reset_rows, [self._draw_prompt(r) for r in reset_rows])
-            self._needs_reset[reset_rows] = False
+        autoreset = self.autoreset_mode == AutoresetMode.NEXT_STEP and len(reset_rows) > 0
+        if autoreset:
             stepped = np.flatnonzero(~np.isin(np.arange(B), reset_rows))
         else:
             stepped = np.flatnonzero(core.active)
         missing = np.isnan(logprobs[stepped])
         if missing.any():
-            core.warn_no_logprob()
+            core.warn_no_logprob()  # raises under kl_logprob="require"
+        # A raising reward function leaves nothing changed (the core undoes the step, the log π
+        # stays pending, the rows to autoreset are reset only after): the step can be retried.
         r, term, trunc, finished = core.apply(actions, logprobs, stepped)
+        self._pending = None
+        if autoreset:
+            core.start(reset_rows, [self._draw_prompt(r) for r in reset_rows])
+            self._needs_reset[reset_rows] = False
         rewards += r
         terminated |= term
         truncated |= trunc
@@ -175,6 +199,7 @@ class TextGenVectorEnv(VectorEnv):
         stepped_mask = np.zeros(B, dtype=bool)
         stepped_mask[stepped] = True
         source = np.where(np.isnan(logprobs), "none", "agent").astype(object)
+        source[~np.isin(np.arange(B), stepped)] = ""
         info: dict[str, Any] = {"logprob_source": source, "_logprob_source": stepped_mask}
         if finished is not None:
             info.update(self._final_info(finished))
