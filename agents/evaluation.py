@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
+from textenv.env.registration import make_lockstep_envs
 from textenv.lm.models import load_causal_lm
 from textenv.lm.sampling import IncrementalLM, SamplingConfig, next_token_logprobs, sample_tokens
 
@@ -122,13 +123,7 @@ def evaluate(
         policy = load_causal_lm(policy)
     env_kwargs = {"split": "eval", **env_kwargs}
     batch_size = max(1, min(batch_size, n_prompts))
-    envs = gym.make_vec(
-        env_id,
-        num_envs=batch_size,
-        vectorization_mode="vector_entry_point",
-        autoreset_mode=gym.vector.AutoresetMode.DISABLED,
-        **env_kwargs,
-    )
+    envs = make_lockstep_envs(env_id, batch_size, **env_kwargs)
     pool = envs.unwrapped.prompts
     order = np.random.default_rng(seed).permutation(len(pool))
     chosen = [pool[i] for i in np.resize(order, n_prompts)]  # wraps if n_prompts > pool size

@@ -18,20 +18,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 from transformers import PreTrainedModel
 
 import textenv  # noqa: F401  (registers the ids)
+from textenv.env.registration import make_lockstep_envs
 from textenv.lm.models import load_causal_lm, load_tokenizer
-from textenv.lm.sampling import (
-    IncrementalLM,
-    SamplingConfig,
-    next_token_logprobs,
-    position_ids_from_mask,
-    sample_tokens,
-)
+from textenv.lm.padding import forward_left_padded
+from textenv.lm.sampling import SamplingConfig, sample_loop
 from textenv.lm.sampling import sequence_logprobs as _sequence_logprobs
 
 __all__ = ["Rollout", "LMPolicy", "make_envs", "masked_mean", "masked_whiten", "FINAL_KEYS"]
@@ -41,15 +36,8 @@ FINAL_KEYS = ("rm_score", "kl", "kl_coef", "gold_score", "num_tokens", "penalty"
 
 
 def make_envs(env_id: str, num_envs: int, env_kwargs: dict[str, Any] | None = None) -> Any:
-    """The lockstep vector env: ``gym.make_vec(..., "vector_entry_point", DISABLED autoreset)``."""
-    kwargs = dict(env_kwargs or {})
-    return gym.make_vec(
-        env_id,
-        num_envs=num_envs,
-        vectorization_mode="vector_entry_point",
-        autoreset_mode=gym.vector.AutoresetMode.DISABLED,
-        **kwargs,
-    )
+    """The lockstep vector env (:func:`textenv.env.registration.make_lockstep_envs`)."""
+    return make_lockstep_envs(env_id, num_envs, **(env_kwargs or {}))
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -107,14 +95,15 @@ class Rollout:
 class LMPolicy(torch.nn.Module):
     """A trainable causal LM that plays the vector env.
 
-    ``spec`` is any :func:`textenv.models.load_causal_lm` spec (``None``: the env's reference,
-    the usual RLHF start). Its logit count must equal the env's ``single_action_space.n``.
+    ``spec`` is any :func:`textenv.lm.models.load_causal_lm` spec (``None``: the env's reference,
+    the usual RLHF start) or a causal LM object (used as is, in the mode it is in; the env's
+    tokenizer goes with it). Its logit count must equal the env's ``single_action_space.n``.
     """
 
     def __init__(
         self,
         envs: Any,
-        spec: str | None = None,
+        spec: str | PreTrainedModel | None = None,
         *,
         temperature: float | None = None,
         device: str = "cpu",
@@ -122,6 +111,9 @@ class LMPolicy(torch.nn.Module):
         super().__init__()
         env = envs.unwrapped
         self.envs = envs
+        model = spec if isinstance(spec, torch.nn.Module) else None
+        if model is not None:
+            spec = str(getattr(model, "name_or_path", "") or env.config.reference)
         self.spec = spec or env.config.reference
         env_temperature = float(env.config.temperature)
         if temperature is not None and abs(float(temperature) - env_temperature) > 1e-12:
@@ -132,10 +124,15 @@ class LMPolicy(torch.nn.Module):
             )
         self.temperature = env_temperature
         self.sampling = SamplingConfig(self.temperature)
-        self.device = torch.device(device)
-        self.model: PreTrainedModel = load_causal_lm(self.spec, device)
-        self.model.train(False)  # no dropout in rollouts or updates
-        self.tokenizer = load_tokenizer(self.spec)
+        if model is not None:
+            self.model: PreTrainedModel = model
+            self.device = next(model.parameters()).device
+            self.tokenizer = load_tokenizer(env.config.reference)
+        else:
+            self.device = torch.device(device)
+            self.model = load_causal_lm(self.spec, device)
+            self.model.train(False)  # no dropout in rollouts or updates
+            self.tokenizer = load_tokenizer(self.spec)
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
         n_actions = int(envs.single_action_space.n)
         if self.vocab_size != n_actions:
@@ -164,14 +161,19 @@ class LMPolicy(torch.nn.Module):
         *,
         seed: int | None = None,
         prompts: list[Any] | None = None,
+        temperature: float | None = None,
     ) -> Rollout:
         """Play one lockstep batch of episodes to the end; returns a :class:`Rollout`.
 
         ``seed`` seeds the env's prompt draws; ``prompts`` pins one prompt per row
         (``reset(options={"prompts": prompts})``), e.g. G rows per prompt for GRPO / RLOO.
+        ``temperature`` samples at another temperature than the env's (evaluation and demos
+        only: the log-probs handed to the env are then those of that distribution, and the
+        env's KL measures how far it is from the reference at the env's temperature).
         """
         envs, env = self.envs, self.envs.unwrapped
         B, P, N, dev = envs.num_envs, self.P, self.N, self.device
+        sampling = self.sampling if temperature is None else SamplingConfig(float(temperature))
         options = {"prompts": prompts} if prompts is not None else None
         obs, reset_info = envs.reset(seed=seed, options=options)
         prompt_ids = torch.as_tensor(obs["input_ids"][:, :P], device=dev)
@@ -184,23 +186,22 @@ class LMPolicy(torch.nn.Module):
         ref_logprobs = np.full((B, N), np.nan)
         texts = np.full(B, "", dtype=object)
         done = np.zeros(B, dtype=bool)
-        entropy_sum, entropy_n = 0.0, 0
+        entropy = [0.0, 0]  # sum over the sampled steps of live rows, count
 
-        lm = IncrementalLM(self.model)
-        logits = lm.prefill(prompt_ids, prompt_mask)
-        for t in range(N):
+        def on_token(
+            t: int, token: torch.Tensor, token_lp: torch.Tensor, lp: torch.Tensor
+        ) -> torch.Tensor:
+            """Hand the tokens (and their log π) to the env; the rows still running go on."""
             alive = torch.as_tensor(~done, device=dev)
-            lp = next_token_logprobs(logits, self.sampling)
-            token, token_lp = sample_tokens(lp, generator)
             token = torch.where(alive, token, self.pad_id)
             ent = -(lp.exp() * lp.nan_to_num(neginf=0.0)).sum(-1)
-            entropy_sum += float(ent[alive].sum())
-            entropy_n += int(alive.sum())
+            entropy[0] += float(ent[alive].sum())
+            entropy[1] += int(alive.sum())
             tokens[:, t] = token
             logprobs[:, t] = torch.where(alive, token_lp, 0.0)
             mask[:, t] = alive
             env.set_action_logprobs(np.where(done, np.nan, token_lp.double().cpu().numpy()))
-            obs, reward, terminated, truncated, info = envs.step(token.cpu().numpy())
+            _, reward, terminated, truncated, info = envs.step(token.cpu().numpy())
             stepped = info["_logprob_source"]
             if np.any(info["logprob_source"][stepped] != "agent"):  # the channel is our contract
                 raise RuntimeError("the env did not receive the policy's log-probs")
@@ -213,10 +214,12 @@ class LMPolicy(torch.nn.Module):
                         final[key][rows] = info[key][rows]
                 ref_logprobs[rows] = info["ref_logprobs"][rows]
                 texts[rows] = info["text"][rows]
-            done |= terminated | truncated
-            if done.all():
-                break
-            logits = lm.step(token, torch.as_tensor(~done, device=dev))
+            done[:] |= terminated | truncated
+            return torch.as_tensor(~done, device=dev)
+
+        sample_loop(
+            self.model, prompt_ids, prompt_mask, N, sampling, on_token, generator=generator
+        )
         if not done.all():  # cannot happen: the env truncates at max_new_tokens
             raise RuntimeError("some episodes did not finish within max_new_tokens steps")
         return Rollout(
@@ -230,7 +233,7 @@ class LMPolicy(torch.nn.Module):
             final=final,
             prompts=[str(p) for p in reset_info["prompt"]],
             texts=[str(x) for x in texts],
-            entropy=entropy_sum / max(entropy_n, 1),
+            entropy=entropy[0] / max(entropy[1], 1),
         )
 
     # ------------------------------------------------------------------ scoring
@@ -264,12 +267,7 @@ def sequence_hidden(
     ids = torch.cat([rollout.prompt_ids[rows], rollout.tokens[rows]], dim=1)
     mask = torch.cat([rollout.prompt_mask[rows].long(), rollout.mask[rows].long()], dim=1)
     n = rollout.tokens.shape[1]
-    out = model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=position_ids_from_mask(mask),
-        use_cache=False,
-        logits_to_keep=1,
-        output_hidden_states=True,
+    out = forward_left_padded(
+        model, ids, mask, use_cache=False, logits_to_keep=1, output_hidden_states=True
     )
     return out.hidden_states[-1][:, -n - 1 : -1]

@@ -94,6 +94,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvS
 from torch import nn
 
 import textenv  # noqa: F401  (registers the ids)
+from textenv.env.registration import make_lockstep_envs
 from textenv.env.vector import TextGenVectorEnv
 from textenv.lm.models import load_causal_lm
 from textenv.lm.sampling import position_ids_from_mask
@@ -659,11 +660,7 @@ def make_native_vec_env(env_id: str, n_envs: int, **env_kwargs: Any) -> TextGenV
     """The native batched env in ``DISABLED`` autoreset mode (what :class:`TextGenSB3VecEnv`
     wraps): ``gym.make_vec(env_id, n_envs, vectorization_mode="vector_entry_point")``. A
     ``max_new_tokens`` override also sets ``max_episode_steps``."""
-    kwargs = dict(env_kwargs)
-    if "max_new_tokens" in kwargs:
-        kwargs.setdefault("max_episode_steps", kwargs["max_new_tokens"])
-    kwargs["autoreset_mode"] = AutoresetMode.DISABLED
-    return gym.make_vec(env_id, num_envs=n_envs, vectorization_mode="vector_entry_point", **kwargs)
+    return make_lockstep_envs(env_id, n_envs, **env_kwargs)
 
 
 def make_sb3_env(

@@ -68,7 +68,7 @@ def test_interrupted_run_resumes_to_the_same_numbers(finished_run, tmp_path, mon
 
 
 def test_bad_run_config_and_occupied_folder(tmp_path):
-    with pytest.raises(ValueError, match="algo must be ppo, grpo or rloo"):
+    with pytest.raises(ValueError, match="algo must be one of"):
         run(RunConfig(algo="dqn"), tmp_path / "x")
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "file").write_text("x")

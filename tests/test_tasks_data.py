@@ -12,6 +12,8 @@ from textenv.tasks import corpus, sentiment, sort
 
 DATA = Path(__file__).resolve().parents[1] / "textenv" / "data"
 MODEL_DIRS = {"prose": DATA / "models" / "prose", "sort": DATA / "models" / "sort"}
+from textenv.tasks import TaskSpec  # noqa: E402
+
 TASKS = {"sentiment": sentiment, "sort": sort}
 
 
@@ -149,7 +151,8 @@ def test_sort_gold_score_perfect_partial_wrong():
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_task_defaults_are_json_and_resolve(name):
     task = TASKS[name].TASK
-    json.dumps(task)
+    assert isinstance(task, TaskSpec) and task.name == name
+    json.dumps(dict(task))
     for key in ("max_prompt_tokens", "max_new_tokens", "reference", "reward", "gold", "prompts",
                 "kl_coef"):  # fmt: skip
         assert key in task

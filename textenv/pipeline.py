@@ -34,12 +34,13 @@ from agents import ALGORITHMS
 from agents.evaluation import evaluate
 from textenv.files import atomic_write_json
 from textenv.preferences import SimulatedLabeller, read_rankings, sample_completions, write_jsonl
-from textenv.training.fused_head import train_fused_head
-from textenv.training.reward_model import train_reward_model
+from textenv.tasks import TASKS, TaskSpec
+from textenv.training.reward_model import RewardModelConfig, train_reward
 
 __all__ = ["RunConfig", "run"]
 
-TASK_IDS = {"sentiment": "textenv/Sentiment-v0", "sort": "textenv/Sort-v0"}
+# The built-in tasks the main job runs on: those with a gold scorer for the simulated labeller.
+PIPELINE_TASKS = {name: spec for name, spec in TASKS.items() if spec.has_gold and name != "tiny"}
 STAGES = ("samples", "preferences", "reward_model", "policy", "evaluation")
 
 
@@ -49,7 +50,7 @@ class RunConfig:
 
     Attributes:
         task: built-in task (``sentiment`` or ``sort``).
-        algo: ``ppo``, ``grpo`` or ``rloo``.
+        algo: a name in :data:`agents.ALGORITHMS`.
         seed: seeds every stage.
         n_prompts: train prompts sampled for labelling; ``k`` completions each.
         label_temperature: Bradley–Terry noise of the simulated labeller (in gold-score units).
@@ -87,10 +88,10 @@ class RunConfig:
         return cls(**{**base, **overrides})
 
     def validate(self) -> None:
-        if self.task not in TASK_IDS:
-            raise ValueError(f"task must be one of {sorted(TASK_IDS)}, got {self.task!r}")
-        if self.algo not in ("ppo", "grpo", "rloo"):
-            raise ValueError(f"algo must be ppo, grpo or rloo, got {self.algo!r}")
+        if self.task not in PIPELINE_TASKS:
+            raise ValueError(f"task must be one of {sorted(PIPELINE_TASKS)}, got {self.task!r}")
+        if self.algo not in ALGORITHMS:
+            raise ValueError(f"algo must be one of {sorted(ALGORITHMS)}, got {self.algo!r}")
         if self.rm not in ("fused", "backbone"):
             raise ValueError(f"rm must be 'fused' or 'backbone', got {self.rm!r}")
         for name in ("n_prompts", "iterations", "num_envs", "eval_every", "eval_prompts"):
@@ -101,16 +102,14 @@ class RunConfig:
 
     @property
     def env_id(self) -> str:
-        return TASK_IDS[self.task]
+        return PIPELINE_TASKS[self.task].env_id
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def _task(config: RunConfig) -> dict[str, Any]:
-    import importlib
-
-    return dict(importlib.import_module(f"textenv.tasks.{config.task}").TASK)
+def _task(config: RunConfig) -> TaskSpec:
+    return PIPELINE_TASKS[config.task]
 
 
 def _done(run_dir: Path, stage: str) -> dict[str, Any] | None:
@@ -181,14 +180,14 @@ def stage_reward_model(config: RunConfig, run_dir: Path) -> dict[str, Any]:
     pairs = run_dir / "preferences" / "preferences.jsonl"
     out = run_dir / "reward_model" / "rm"
     started = time.perf_counter()
-    if config.rm == "fused":
-        metrics = train_fused_head(pairs, out, reference=task["reference"], seed=config.seed)
-        accuracy = metrics["val_accuracy"]
-    else:
-        metrics = train_reward_model(
-            pairs, out, backbone=task["reference"], epochs=config.rm_epochs, seed=config.seed
-        )
-        accuracy = metrics.get("val_accuracy", metrics.get("best", {}).get("val_accuracy"))
+    rm_config = RewardModelConfig(
+        kind=config.rm,  # type: ignore[arg-type]
+        backbone=task["reference"],
+        epochs=config.rm_epochs if config.rm == "backbone" else None,
+        seed=config.seed,
+    )
+    metrics = train_reward(pairs, out, rm_config)
+    accuracy = metrics["val_accuracy"]
     summary = {"kind": config.rm, "val_accuracy": accuracy, "time_s": time.perf_counter() - started}
     return _finish(
         run_dir,

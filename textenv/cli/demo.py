@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-import gymnasium as gym
-
 import textenv  # noqa: F401  (registers the ids)
 from agents.evaluation import rollout_policy
+from textenv.env.registration import make_lockstep_envs
 from textenv.lm.models import load_causal_lm
 
 DEFAULT_ENV = "textenv/Sentiment-v0"
@@ -23,12 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     """Run a few episodes of a registered env with a sampling agent that uses the log π channel."""
-    envs = gym.make_vec(
-        args.env,
-        num_envs=args.episodes,
-        vectorization_mode="vector_entry_point",
-        autoreset_mode=gym.vector.AutoresetMode.DISABLED,
-    )
+    envs = make_lockstep_envs(args.env, args.episodes)
     env = envs.unwrapped
     # The demo agent is the reference LM itself, sampled at a lower temperature: the KL term
     # then measures how far that sharpening moves it from the reference.

@@ -6,7 +6,8 @@ import argparse
 import os
 from dataclasses import fields
 
-from textenv.pipeline import TASK_IDS, RunConfig, run
+from agents import ALGORITHMS
+from textenv.pipeline import PIPELINE_TASKS, RunConfig, run
 
 
 def _auto_threads() -> int:
@@ -45,8 +46,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", choices=sorted(TASK_IDS), default=None)
-    p.add_argument("--algo", choices=("ppo", "grpo", "rloo"), default=None)
+    p.add_argument("--task", choices=sorted(PIPELINE_TASKS), default=None)
+    p.add_argument("--algo", choices=sorted(ALGORITHMS), default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--rm", choices=("fused", "backbone"), default=None)
     p.add_argument("--iterations", type=int, default=None, help="RL iterations")

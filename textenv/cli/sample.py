@@ -6,18 +6,16 @@ import argparse
 from typing import Any
 
 from textenv.preferences import sample_completions, write_jsonl
+from textenv.tasks import get_task
 
 
 def _task_defaults(name: str | None) -> dict[str, Any]:
     if not name:
         return {}
-    import importlib
-
-    module = name if "." in name else f"textenv.tasks.{name}"
     try:
-        return dict(importlib.import_module(module).TASK)
-    except (ImportError, AttributeError) as exc:
-        raise SystemExit(f"unknown task {name!r}: {exc}") from exc
+        return dict(get_task(name))
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ import gymnasium as gym
 
 from textenv.env.config import EnvConfig
 
-__all__ = ["register_env", "registered_ids", "NAMESPACE"]
+__all__ = ["register_env", "registered_ids", "make_lockstep_envs", "NAMESPACE"]
 
 NAMESPACE = "textenv"
 
@@ -35,3 +35,16 @@ def register_env(env_id: str, **kwargs: Any) -> None:
 def registered_ids() -> list[str]:
     """Every id under the ``textenv/`` namespace, sorted."""
     return sorted(k for k in gym.registry if k.startswith(NAMESPACE + "/"))
+
+
+def make_lockstep_envs(env_id: str, num_envs: int, **env_kwargs: Any) -> gym.vector.VectorEnv:
+    """The native vector env in ``DISABLED`` autoreset mode: all rows start together at
+    ``reset`` and finished rows wait for the next one (what the package's agents, evaluation and
+    the SB3 adapter use). A ``max_new_tokens`` override also sets ``max_episode_steps``."""
+    kwargs = dict(env_kwargs)
+    if "max_new_tokens" in kwargs:
+        kwargs.setdefault("max_episode_steps", kwargs["max_new_tokens"])
+    kwargs["autoreset_mode"] = gym.vector.AutoresetMode.DISABLED
+    return gym.make_vec(
+        env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs
+    )

@@ -68,6 +68,8 @@ from pathlib import Path
 
 import numpy as np
 
+from textenv.tasks.spec import TaskSpec
+
 __all__ = [
     "TASK",
     "gold_score",
@@ -81,7 +83,10 @@ DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "tasks" / "sentiment"
 EVAL_DOC_FRACTION = 0.25
 N_TRAIN, N_EVAL = 4000, 500
 
-TASK = dict(
+TASK = TaskSpec(
+    name="sentiment",
+    env_id="textenv/Sentiment-v0",
+    summary="continue English prose with positive sentiment (learned RM, VADER gold)",
     max_prompt_tokens=16,
     max_new_tokens=24,
     reference="builtin:prose",

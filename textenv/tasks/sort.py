@@ -55,6 +55,8 @@ from pathlib import Path
 
 import numpy as np
 
+from textenv.tasks.spec import TaskSpec
+
 __all__ = [
     "TASK",
     "ALPHABET",
@@ -76,7 +78,10 @@ MIN_DIGITS, MAX_DIGITS = 3, 8
 EVAL_FRACTION = 0.1
 DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "tasks" / "sort"
 
-TASK = dict(
+TASK = TaskSpec(
+    name="sort",
+    env_id="textenv/Sort-v0",
+    summary="sort a short string of digits (12-token vocab, sharp gold score)",
     max_prompt_tokens=MAX_DIGITS + 1,
     max_new_tokens=12,
     reference="builtin:sort",

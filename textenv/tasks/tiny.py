@@ -34,6 +34,7 @@ from __future__ import annotations
 from typing import Any
 
 from textenv.env.config import DEFAULT_PROMPTS
+from textenv.tasks.spec import TaskSpec
 
 
 def gold_score(
@@ -43,12 +44,15 @@ def gold_score(
     return [sum(ch in "aeiou" for ch in c) / len(c) if c else 0.0 for c in completions]
 
 
-TASK: dict[str, Any] = {
-    "reference": "tiny",
-    "reward": "tiny-rm",
-    "gold": "textenv.tasks.tiny:gold_score",
-    "prompts": list(DEFAULT_PROMPTS),
-    "max_prompt_tokens": 8,
-    "max_new_tokens": 16,
-    "kl_coef": 0.05,
-}
+TASK = TaskSpec(
+    name="tiny",
+    env_id="textenv/Tiny-v0",
+    summary="tiny random models for tests and checkers (vowel-fraction gold)",
+    reference="tiny",
+    reward="tiny-rm",
+    gold="textenv.tasks.tiny:gold_score",
+    prompts=list(DEFAULT_PROMPTS),
+    max_prompt_tokens=8,
+    max_new_tokens=16,
+    kl_coef=0.05,
+)
