@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from textenv.preferences import Ranking, read_preferences, read_rankings, write_jsonl
-from textenv.preferences.terminal import LabelSession, build_questions, run_interactive
+from textenv.preferences.session import AnswerLog, build_questions
+from textenv.preferences.terminal import run_interactive
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,11 +75,11 @@ def test_rank_mode_writes_rankings(samples, tmp_path):
 def test_torn_last_line_is_dropped(tmp_path):
     out = tmp_path / "labels.jsonl"
     out.write_text('{"item": 0, "prompt": "p", "chosen": "a", "rejected": "b"}\n{"item": 1, "pr')
-    session = LabelSession(out)
+    session = AnswerLog(out)
     assert len(session.rows) == 1 and out.read_text().count("\n") == 1
-    out.write_text('{"item": 0}\ngarbage\n{"item": 2}\n')
+    out.write_text('{"item": 0, "prompt": "p", "chosen": "a", "rejected": "b"}\ngarbage\n{}\n')
     with pytest.raises(ValueError, match=":2: not a labelling row"):
-        LabelSession(out)
+        AnswerLog(out)
 
 
 def _wait_for(proc, marker: bytes, timeout: float = 60.0) -> bytes:
