@@ -40,6 +40,8 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from textenv.lm.tokens import EOS_TOKEN
+
 __all__ = [
     "ModelLoadError",
     "BUILTIN_MODELS_DIR",
@@ -62,7 +64,6 @@ __all__ = [
 ]
 
 BUILTIN_MODELS_DIR = Path(__file__).resolve().parents[1] / "data" / "models"
-EOS_TOKEN = "<|endoftext|>"
 
 TINY_DEFAULTS: dict[str, int] = {
     "layers": 2,

@@ -68,6 +68,8 @@ from pathlib import Path
 
 import numpy as np
 
+from textenv.lm.tokens import EOS_TOKEN as EOS
+from textenv.tasks.corpus import build_corpus, paragraphs, split_corpus
 from textenv.tasks.spec import TaskSpec
 
 __all__ = [
@@ -78,7 +80,6 @@ __all__ = [
     "write_prompt_files",
 ]
 
-EOS = "<|endoftext|>"
 DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "tasks" / "sentiment"
 EVAL_DOC_FRACTION = 0.25
 N_TRAIN, N_EVAL = 4000, 500
@@ -145,8 +146,6 @@ def _is_prose(paragraph: str) -> bool:
 
 def _sentences(text: str) -> list[list[str]]:
     """Word lists of the prose sentences of a document (code and tables skipped)."""
-    from textenv.tasks.corpus import paragraphs
-
     out = []
     for para in paragraphs(text):
         if not _is_prose(para):
@@ -199,13 +198,11 @@ def write_prompt_files(
     The held-out documents (the ones ``builtin:prose`` did not train on) are divided by a hash
     of their id into eval documents (about a quarter) and train documents; prompts are taken
     from each side separately, so no document gives both train and eval prompts."""
-    from transformers import PreTrainedTokenizerFast
-
-    from textenv.tasks import corpus
+    from transformers import PreTrainedTokenizerFast  # only when rebuilding the prompt files
 
     tok_dir = tokenizer_dir or Path(__file__).resolve().parents[1] / "data" / "models" / "prose"
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tok_dir))
-    _, held = corpus.split_corpus(corpus.build_corpus(), seed=seed)
+    _, held = split_corpus(build_corpus(), seed=seed)
     eval_docs = [d for d in held if _unit(f"sentiment-eval:{seed}:{d.id}") < EVAL_DOC_FRACTION]
     train_docs = [d for d in held if _unit(f"sentiment-eval:{seed}:{d.id}") >= EVAL_DOC_FRACTION]
     max_tokens = int(TASK["max_prompt_tokens"])

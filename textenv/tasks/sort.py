@@ -55,6 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
+from textenv.lm.tokens import EOS_TOKEN as EOS
 from textenv.tasks.spec import TaskSpec
 
 __all__ = [
@@ -73,7 +74,6 @@ __all__ = [
 
 SEPARATOR = ">"
 ALPHABET = "0123456789" + SEPARATOR
-EOS = "<|endoftext|>"
 MIN_DIGITS, MAX_DIGITS = 3, 8
 EVAL_FRACTION = 0.1
 DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "tasks" / "sort"

@@ -35,6 +35,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from textenv.lm.models import BUILTIN_MODELS_DIR
+from textenv.lm.tokens import EOS_TOKEN as EOS
 from textenv.tasks import corpus, sentiment, sort
 
 __all__ = [
@@ -45,7 +46,6 @@ __all__ = [
     "evaluate_lm",
 ]
 
-EOS = "<|endoftext|>"
 MODELS_DIR = BUILTIN_MODELS_DIR
 
 
