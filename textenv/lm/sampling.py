@@ -10,18 +10,23 @@ Three pieces, used by the env (reference scoring), the agents and the CLI:
   that of the distribution actually sampled from.
 * :func:`sequence_logprobs` — one teacher-forced forward that scores every generated token of a
   batch (never one forward per token).
+* :func:`sample_loop` — THE KV-cached sampling loop: prefill once, then sample one token per row
+  per step and hand it to a callback that says which rows go on. :func:`generate` (plain batched
+  generation) and the agents' rollout (which steps an env in the callback) are both built on it.
 
-:func:`generate` ties them together for plain batched generation.
+Inputs are left-padded (:mod:`textenv.lm.padding`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel
 
 from textenv.lm.models import cache_kwarg, output_cache
+from textenv.lm.padding import forward_left_padded, position_ids_from_mask
 
 __all__ = [
     "SamplingConfig",
@@ -29,6 +34,9 @@ __all__ = [
     "next_token_logprobs",
     "sample_tokens",
     "sequence_logprobs",
+    "completion_logprobs",
+    "sample_loop",
+    "TokenCallback",
     "SampleOutput",
     "generate",
     "position_ids_from_mask",
@@ -50,11 +58,6 @@ class SamplingConfig:
             raise ValueError(f"top_k must be ≥ 0, got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding: 0 at each row's first real token."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
 class IncrementalLM:
@@ -82,10 +85,10 @@ class IncrementalLM:
         batches whose rows end at different columns.
         """
         attention_mask = attention_mask.long()
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids_from_mask(attention_mask),
+        out = forward_left_padded(
+            self.model,
+            input_ids,
+            attention_mask,
             use_cache=True,
             logits_to_keep=0 if all_positions else 1,
         )
@@ -170,20 +173,66 @@ def sequence_logprobs(
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
     mask = torch.cat([prompt_mask.long(), completion_mask.long()], dim=1)
     n = completion_ids.shape[1]
-    out = model(
-        input_ids=input_ids,
-        attention_mask=mask,
-        position_ids=position_ids_from_mask(mask),
+    out = forward_left_padded(
+        model,
+        input_ids,
+        mask,
         use_cache=False,
         logits_to_keep=n + 1,
         output_hidden_states=return_hidden,
     )
-    logits = out.logits[:, :-1].float() / temperature
-    logprobs = torch.log_softmax(logits, dim=-1).gather(-1, completion_ids[..., None]).squeeze(-1)
+    logprobs = completion_logprobs(out.logits, completion_ids, temperature)
     if return_hidden:
         hidden = out.hidden_states[-1][:, -n - 1 : -1]
         return logprobs, hidden
     return logprobs
+
+
+def completion_logprobs(
+    logits: torch.Tensor, completion_ids: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """Log-probs ``(B, N)`` of the N completion tokens from the logits of a teacher-forced forward
+    whose last ``N + 1`` positions are ``logits`` (the last one predicts past the end)."""
+    logits = logits[:, -completion_ids.shape[1] - 1 : -1].float() / temperature
+    return torch.log_softmax(logits, dim=-1).gather(-1, completion_ids[..., None]).squeeze(-1)
+
+
+TokenCallback = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@torch.no_grad()
+def sample_loop(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_new_tokens: int,
+    config: SamplingConfig,
+    on_token: TokenCallback,
+    *,
+    generator: torch.Generator | None = None,
+    suppress_token: int | None = None,
+) -> int:
+    """Sample up to ``max_new_tokens`` tokens per row of a left-padded batch, KV cache kept.
+
+    Each step draws one token per row and calls ``on_token(t, tokens, token_logprobs,
+    logprobs)`` (``logprobs`` ``(B, V)``: the distribution sampled from); it returns a bool
+    ``(B,)`` of the rows that go on. The loop stops after the step where no row goes on, or
+    after ``max_new_tokens`` steps; stopped rows are carried masked (their tokens are fed but
+    never attended to). ``suppress_token`` is never drawn (e.g. EOS for fixed-length samples).
+    Returns the number of steps taken.
+    """
+    lm = IncrementalLM(model)
+    logits = lm.prefill(input_ids, attention_mask)
+    for t in range(max_new_tokens):
+        if suppress_token is not None:
+            logits[:, suppress_token] = float("-inf")
+        logprobs = next_token_logprobs(logits, config)
+        tokens, token_logprobs = sample_tokens(logprobs, generator)
+        alive = on_token(t, tokens, token_logprobs, logprobs)
+        if t + 1 == max_new_tokens or not bool(alive.any()):
+            return t + 1
+        logits = lm.step(tokens, alive)
+    return max_new_tokens
 
 
 @dataclass
@@ -211,22 +260,30 @@ def generate(
     """Sample up to ``max_new_tokens`` per row with the KV cache; rows stop at EOS."""
     batch = input_ids.shape[0]
     pad = pad_token_id if pad_token_id is not None else (eos_token_id or 0)
-    lm = IncrementalLM(model)
-    logits = lm.prefill(input_ids, attention_mask)
     tokens = torch.full((batch, max_new_tokens), pad, dtype=torch.long, device=input_ids.device)
     logprobs = torch.zeros(batch, max_new_tokens, device=input_ids.device)
     mask = torch.zeros(batch, max_new_tokens, dtype=torch.bool, device=input_ids.device)
     alive = torch.ones(batch, dtype=torch.bool, device=input_ids.device)
-    for t in range(max_new_tokens):
-        if suppress_eos and eos_token_id is not None:
-            logits[:, eos_token_id] = float("-inf")
-        token, logprob = sample_tokens(next_token_logprobs(logits, config), generator)
+
+    def on_token(
+        t: int, token: torch.Tensor, logprob: torch.Tensor, _: torch.Tensor
+    ) -> torch.Tensor:
+        nonlocal alive
         tokens[:, t] = torch.where(alive, token, pad)
         logprobs[:, t] = torch.where(alive, logprob, 0.0)
         mask[:, t] = alive
         if eos_token_id is not None:
             alive = alive & (token != eos_token_id)
-        if t + 1 == max_new_tokens or not alive.any():
-            break
-        logits = lm.step(tokens[:, t], alive)
+        return alive
+
+    sample_loop(
+        model,
+        input_ids,
+        attention_mask,
+        max_new_tokens,
+        config,
+        on_token,
+        generator=generator,
+        suppress_token=eos_token_id if suppress_eos else None,
+    )
     return SampleOutput(tokens, logprobs, mask)
