@@ -18,7 +18,7 @@ measured against ``d = √KL(π ‖ π_init)`` and Gao et al.'s functional forms
   et al.'s main RL runs, so that the optimiser travels far in KL; a penalty acts like early
   stopping);
   ``info["gold_score"]`` keeps the gold. At the ``--eval-at`` token counts the policy is evaluated on
-  held-out prompts (:func:`textenv.evaluation.evaluate`): one (KL, gold, proxy) point.
+  held-out prompts (:func:`agents.evaluation.evaluate`): one (KL, gold, proxy) point.
 
 Pipeline per proxy size ``N``: ``sample_completions`` (k = 4 per train prompt, the task's
 reference) → ``SimulatedLabeller(gold, temperature=T, ties="skip")`` pairs → the first ``N``

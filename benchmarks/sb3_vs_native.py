@@ -2,8 +2,8 @@
 
 SB3 treats every token as an independent sample: :class:`agents.sb3.LMActorCriticPolicy`
 re-encodes the whole prefix for each env step in rollouts and again for each sample in every
-update epoch (O(T²) per episode). A KV-cached sampler (``textenv.sampling.IncrementalLM``)
-driving ``textenv.vector.TextGenVectorEnv`` with ``set_action_logprobs`` does O(T).
+update epoch (O(T²) per episode). A KV-cached sampler (``textenv.lm.sampling.IncrementalLM``)
+driving ``textenv.env.vector.TextGenVectorEnv`` with ``set_action_logprobs`` does O(T).
 
 Measured, on the same task, batch and token budget (env steps = generated tokens):
 

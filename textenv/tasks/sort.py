@@ -5,7 +5,7 @@ A synthetic task with a 12-token vocabulary, a sharp programmatic gold score and
 episodes, made for comparing RL algorithms quickly. The prompt is 3 to 8 random digits
 followed by ``>``, e.g. ``"52814>"``; the right completion is the same digits in ascending
 order, ``"12458"``, then EOS. The reference LM (``builtin:sort``) was pretrained by
-:func:`textenv.pretrain.pretrain` on examples of this format where only a third of the
+:func:`textenv.training.pretrain.pretrain` on examples of this format where only a third of the
 completions are right and the rest are corrupted (the input copied, shuffled, a sorted answer
 with one mistake, random digits): it knows the format and stops, but sorts correctly only
 part of the time, so there is headroom for RL (its mean gold score is in its
