@@ -296,9 +296,20 @@ def _short_reward(prompts, completions, metadata):
     ],
 )
 def test_bad_reward_model_output(tiny_kwargs, reward, message):
-    env = gym.make("textenv/TextGen-v0", **dict(tiny_kwargs, reward=reward))
-    env.reset(seed=0)
+    # A reward callable is tried once when the env is built: the error comes before any episode.
     with pytest.raises(RewardModelError, match=message):
+        gym.make("textenv/TextGen-v0", **dict(tiny_kwargs, reward=reward))
+
+
+def _nan_once_generating(prompts, completions, metadata):
+    return [float("nan") if c else 0.0 for c in completions]
+
+
+def test_bad_reward_output_at_episode_end(tiny_kwargs):
+    env = gym.make("textenv/TextGen-v0", **dict(tiny_kwargs, reward=_nan_once_generating))
+    env.reset(seed=0)
+    env.step(65)
+    with pytest.raises(RewardModelError, match=r"non-finite score \(nan\)"):
         env.step(env.unwrapped.tokenizer.eos_token_id)
 
 

@@ -1,14 +1,14 @@
 """The batched episode state shared by the single env (B = 1) and the native vector env.
 
 Keeping one implementation of the MDP is what makes ``gym.make`` envs, ``gym.make_vec`` in
-``"sync"`` mode and the native :class:`~textenv.vector.TextGenVectorEnv` agree: they only differ
+``"sync"`` mode and the native :class:`~textenv.env.vector.TextGenVectorEnv` agree: they only differ
 in how rows are reset and how results are packed.
 
 Per step the core does bookkeeping only (writes a token into preallocated arrays). The model
 work happens when rows finish: one teacher-forced reference forward and one reward-model call
 for *all* rows that finish on that step. Dense (``kl_reward="per_token"``) rewards and action
 masks need the reference's next-token distribution every step; then a KV-cached
-:class:`~textenv.sampling.IncrementalLM` runs over the batch instead, one token per row per step.
+:class:`~textenv.lm.sampling.IncrementalLM` runs over the batch instead, one token per row per step.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from textenv.lm.sampling import (
     next_token_logprobs,
     sequence_logprobs,
 )
-from textenv.rewards import check_scores, load_reward, score
+from textenv.rewards import check_scores, check_user_reward, load_reward, score
 from textenv.rewards.fused import FusedRewardHead, logprobs_and_reward
 
 __all__ = ["EpisodeBatch", "Finished"]
@@ -71,6 +71,11 @@ class EpisodeBatch:
         self.prompts: list[Prompt] = load_prompts(
             config.prompts, config.split, eval_fraction=config.eval_fraction
         )
+        # A reward callable with the wrong signature or output fails now, not at the first
+        # episode end: one call on a real prompt with an empty completion (a possible outcome).
+        trial = ([self.prompts[0].text], [""], [dict(self.prompts[0].metadata)])
+        check_user_reward(config.reward, self.reward_fn, "reward", trial)
+        check_user_reward(config.gold, self.gold_fn, "gold scorer", trial)
         self.controller = make_kl_controller(config.kl_coef, config.kl_target, config.kl_horizon)
         self.vocab_size = int(self.reference.get_output_embeddings().weight.shape[0])
         self.eos_id = int(self.tokenizer.eos_token_id)

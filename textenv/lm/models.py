@@ -14,19 +14,31 @@ spec                                      meaning
 ========================================  ===============================================
 
 Frozen models (the reference LM, the reward model) are cached per process, keyed by
-``(kind, spec, device, dtype)``, so B envs made with ``gym.make`` share one copy.
+``(kind, spec, device, dtype)``, so B envs made with ``gym.make`` share one copy. The cache is
+bounded (least recently used out past :data:`MODEL_CACHE_MAX_ENTRIES` entries or
+:data:`MODEL_CACHE_MAX_BYTES` of weights), and a local folder whose files changed (a retrained
+reward model) replaces its old entry instead of adding one.
 Trainable policies are loaded with :func:`load_causal_lm` (``frozen=False``) and never cached.
+
+A spec that looks like a local path (``/…``, ``./…``, ``~/…``, more than one ``/``, or
+``dir/name`` where ``dir`` exists here) and does not exist fails at once; a hub name that is
+neither in the local Hugging Face cache nor reachable fails after one quick look-up instead of
+minutes of download retries.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import os
+import re
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub
 import torch
 from transformers import (
     AutoModelForCausalLM,
@@ -50,6 +62,7 @@ __all__ = [
     "parse_tiny_spec",
     "resolve_dtype",
     "load_tokenizer",
+    "same_tokenizer",
     "load_causal_lm",
     "load_frozen_causal_lm",
     "load_sequence_classifier",
@@ -61,6 +74,8 @@ __all__ = [
     "cache_kwarg",
     "cached_frozen",
     "output_cache",
+    "MODEL_CACHE_MAX_ENTRIES",
+    "MODEL_CACHE_MAX_BYTES",
 ]
 
 BUILTIN_MODELS_DIR = Path(__file__).resolve().parents[1] / "data" / "models"
@@ -212,9 +227,62 @@ def _resolve_folder(spec: str) -> Path | None:
                 f"model path {spec!r} is a file; expected a save_pretrained folder"
             )
         return path
-    if spec.startswith(("/", ".", "~")) or os.sep in spec.rstrip(os.sep).split(os.sep, 1)[-1]:
-        raise ModelLoadError(f"model path {spec!r} does not exist")
+    parts = spec.replace(os.sep, "/").split("/")
+    local_looking = (
+        spec.startswith(("/", ".", "~"))
+        or (os.altsep is not None and os.altsep in spec)
+        or len(parts) > 2
+        or (len(parts) == 2 and Path(parts[0]).is_dir())
+        or not _HUB_ID.match(spec)
+    )
+    if local_looking:
+        raise ModelLoadError(f"model path {spec!r} does not exist{_nearest_existing(path)}")
+    _check_hub_name(spec)
     return None
+
+
+# A Hugging Face repo id: "name" or "org/name".
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def _nearest_existing(path: Path) -> str:
+    """``" (… exists; it holds …)"``: where a mistyped path stops matching the disk."""
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    entries = sorted(p.name for p in parent.iterdir())[:8] if parent.is_dir() else []
+    return f" (the nearest existing folder is {str(parent)!r}, holding {entries})"
+
+
+def _offline() -> bool:
+    return any(
+        os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def _check_hub_name(spec: str) -> None:
+    """A hub name must be in the local HF cache or answer one quick look-up: a missing path
+    taken for a hub name otherwise spends minutes in download retries."""
+    if isinstance(huggingface_hub.try_to_load_from_cache(spec, "config.json"), str):
+        return
+    if _offline():
+        raise ModelLoadError(
+            f"{spec!r} is neither a local folder nor in the local Hugging Face cache, and the hub "
+            "is offline (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE); for a local model pass its "
+            "folder's path"
+        )
+    try:
+        huggingface_hub.model_info(spec, timeout=10)
+    except huggingface_hub.errors.RepositoryNotFoundError as exc:
+        raise ModelLoadError(
+            f"{spec!r} is neither a local folder nor a model on the Hugging Face hub ({exc})"
+        ) from None
+    except Exception as exc:  # no network: DNS, connection or timeout errors of the HTTP client
+        raise ModelLoadError(
+            f"{spec!r} is not a local folder, and the Hugging Face hub could not be reached to "
+            f"look it up as a hub name ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def _from_pretrained(cls: Any, spec: str, what: str, **kwargs: Any) -> Any:
@@ -263,7 +331,12 @@ def import_callable(spec: str) -> Any:
 
 # --------------------------------------------------------------------------- public loaders
 
-_CACHE: dict[tuple[str, str, str, str], Any] = {}
+# Past either bound the least recently used models are dropped (envs using them keep them).
+MODEL_CACHE_MAX_ENTRIES = 32
+MODEL_CACHE_MAX_BYTES = int(os.environ.get("TEXTENV_MODEL_CACHE_BYTES", 8 * 2**30))
+
+# (kind, spec, device, dtype) → (folder version, object, bytes of weights)
+_CACHE: OrderedDict[tuple[str, str, str, str], tuple[str, Any, int]] = OrderedDict()
 _CACHE_LOCK = threading.RLock()
 
 
@@ -277,21 +350,42 @@ def model_cache_size() -> int:
     return len(_CACHE)
 
 
-def _folder_version(spec: str) -> str:
-    """For a local folder, its files' latest mtime: a retrained folder is not served stale."""
+def _folder_key(spec: str) -> tuple[str, str]:
+    """``(cache name, version)``: a local folder by its real path and its files' latest mtime,
+    so a retrained folder replaces its cached model instead of being served stale."""
     path = Path(os.path.expanduser(spec)) if not spec.startswith(("tiny", "builtin:")) else None
     if path is None or not path.is_dir():
-        return ""
-    return "@" + str(max((f.stat().st_mtime_ns for f in path.iterdir() if f.is_file()), default=0))
+        return spec, ""
+    files = [f.stat().st_mtime_ns for f in path.iterdir() if f.is_file()]
+    return os.path.realpath(path), str(max(files, default=0)) + f"/{len(files)}"
+
+
+def _weight_bytes(obj: Any) -> int:
+    module = obj if isinstance(obj, torch.nn.Module) else getattr(obj, "model", None)
+    if not isinstance(module, torch.nn.Module):
+        return 0
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
 
 
 def cached_frozen(kind: str, spec: str, device: str, dtype: torch.dtype, build: Any) -> Any:
     """``build()`` once per ``(kind, spec, device, dtype)`` in this process; shared after."""
-    key = (kind, spec + _folder_version(spec), str(torch.device(device)), str(dtype))
+    name, version = _folder_key(spec)
+    key = (kind, name, str(torch.device(device)), str(dtype))
     with _CACHE_LOCK:
-        if key not in _CACHE:
-            _CACHE[key] = build()
-        return _CACHE[key]
+        entry = _CACHE.get(key)
+        if entry is not None and entry[0] == version:
+            _CACHE.move_to_end(key)
+            return entry[1]
+        obj = build()
+        _CACHE[key] = (version, obj, _weight_bytes(obj))  # replaces an older version
+        _CACHE.move_to_end(key)
+        total = sum(e[2] for e in _CACHE.values())
+        while len(_CACHE) > 1 and (
+            len(_CACHE) > MODEL_CACHE_MAX_ENTRIES or total > MODEL_CACHE_MAX_BYTES
+        ):
+            _, (_, _, nbytes) = _CACHE.popitem(last=False)
+            total -= nbytes
+        return obj
 
 
 def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
@@ -313,6 +407,32 @@ def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
         return tok
 
     return cached_frozen("tokenizer", spec, "cpu", torch.float32, build)
+
+
+def _definition(backend: Any) -> dict[str, Any]:
+    """A fast tokenizer's definition without its current truncation / padding settings."""
+    definition = json.loads(backend.to_str())
+    definition.pop("truncation", None)
+    definition.pop("padding", None)
+    return definition
+
+
+def same_tokenizer(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> bool:
+    """Whether ``a`` and ``b`` turn text into the same ids and back (then a model of one can read
+    the other's ids as they are). Fast tokenizers are compared by their full definition
+    (vocabulary, merges, normalisation, pre-tokenisation), others by vocabulary; the special
+    tokens must agree in both cases."""
+    if a is b:
+        return True
+    if (a.eos_token_id, a.pad_token_id, len(a)) != (b.eos_token_id, b.pad_token_id, len(b)):
+        return False
+    backend_a, backend_b = (
+        getattr(a, "backend_tokenizer", None),
+        getattr(b, "backend_tokenizer", None),
+    )
+    if backend_a is not None and backend_b is not None:
+        return _definition(backend_a) == _definition(backend_b)
+    return type(a) is type(b) and a.get_vocab() == b.get_vocab()
 
 
 def check_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, spec: str) -> None:
@@ -386,6 +506,10 @@ def load_sequence_classifier(
             model = _build_tiny(spec)
         else:
             model = _from_pretrained(AutoModelForSequenceClassification, spec, "reward model")
+        if model.config.pad_token_id is None:
+            # Batched scoring finds each row's last token through the pad id; a config saved
+            # without one (many hub RMs) takes the tokenizer's (EOS when it has none).
+            model.config.pad_token_id = load_tokenizer(spec).pad_token_id
         if getattr(model.config, "num_labels", None) != 1:
             raise ModelLoadError(
                 f"reward model {spec!r} must have exactly one output label, "

@@ -141,8 +141,19 @@ def _iter_rows(source: Any) -> Iterator[tuple[str, Any]]:
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"preference file {str(path)!r} does not exist")
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
+        with open(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    byte = raw[exc.start : exc.start + 1]
+                    yield (
+                        f"{path}:{lineno}",
+                        PreferenceFormatError(
+                            f"not UTF-8 text (byte {byte!r} at column {exc.start + 1})"
+                        ),
+                    )
+                    continue
                 if not line.strip():
                     continue
                 try:
@@ -174,6 +185,10 @@ def _text(row: dict, key: str) -> str:
         )
     if not isinstance(value, str):
         raise PreferenceFormatError(f"{key!r} must be a string, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # e.g. a "\\ud800" escape: JSON allows it, text does not
+        raise PreferenceFormatError(f"{key!r} is not valid Unicode text ({exc.reason})") from None
     return value
 
 

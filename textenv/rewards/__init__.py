@@ -5,7 +5,9 @@ from textenv.rewards.base import (
     RewardFunction,
     RewardModelError,
     SequenceClassifierReward,
+    check_reward_callable,
     check_scores,
+    check_user_reward,
     load_reward,
     score,
 )
@@ -17,4 +19,6 @@ __all__ = [
     "load_reward",
     "score",
     "check_scores",
+    "check_reward_callable",
+    "check_user_reward",
 ]
