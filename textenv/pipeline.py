@@ -34,6 +34,7 @@ from agents import ALGORITHMS
 from agents.evaluation import evaluate
 from textenv.files import atomic_write_json
 from textenv.preferences import SimulatedLabeller, read_rankings, sample_completions, write_jsonl
+from textenv.progress import progress
 from textenv.tasks import TASKS, TaskSpec
 from textenv.training.reward_model import RewardModelConfig, train_reward
 
@@ -240,12 +241,12 @@ def stage_policy(config: RunConfig, run_dir: Path) -> dict[str, Any]:
         )
         return {"iteration": agent.iteration, "tokens": agent.tokens_seen, **ev.as_dict()}
 
-    from tqdm.auto import tqdm
-
     if not curve:
         curve.append(point())
     started = time.perf_counter()
-    bar = tqdm(total=config.iterations, initial=agent.iteration, desc=f"policy ({config.algo})")
+    bar = progress(
+        config.iterations, initial=agent.iteration, desc=f"policy ({config.algo})", unit="iter"
+    )
     while agent.iteration < config.iterations:
         chunk = min(config.eval_every, config.iterations - agent.iteration)
         agent.learn(10**12, iterations=chunk)
@@ -275,7 +276,8 @@ def stage_policy(config: RunConfig, run_dir: Path) -> dict[str, Any]:
         },
         f"{agent.iteration} iterations, {agent.tokens_seen} tokens: gold "
         f"{last['gold_score']['mean']:+.3f}, proxy {last['rm_score']['mean']:+.3f}, "
-        f"KL {last['kl']['mean']:.2f} on held-out prompts",
+        f"KL {last['kl']['mean']:.2f} on the held-out eval prompts ({config.eval_prompts}, "
+        f"seed {config.seed + 1}; the evaluation stage re-measures on {2 * config.eval_prompts})",
     )
 
 
@@ -336,7 +338,10 @@ def stage_evaluation(config: RunConfig, run_dir: Path) -> dict[str, Any]:
         "plot": str(plot),
         "n_prompts": n,
     }
-    lines = [f"{'':10s} {'base LM':>18s} {'trained':>18s}"]
+    lines = [
+        f"held-out eval prompts ({n}, seed {seed}), mean ± s.e.:",
+        f"{'':10s} {'base LM':>18s} {'trained':>18s}",
+    ]
     for label, r in rows.items():
         b, a = r["before"], r["after"]
         lines.append(

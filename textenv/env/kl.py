@@ -123,15 +123,19 @@ class LogProbMissingError(RuntimeError):
     """A step came without log π while the env was built with ``kl_logprob="require"``."""
 
 
-def _called_from_sb3() -> bool:
-    """Whether Stable-Baselines3 (or sb3-contrib) is on the call stack of this step."""
+def _sb3_caller() -> str | None:
+    """``"wrapper"`` when textenv's SB3 adapters (``agents.sb3``) are on the call stack of this
+    step, ``"sb3"`` when Stable-Baselines3 (or sb3-contrib) is there without them, else None."""
+    found = None
     frame = sys._getframe(1)
     while frame is not None:
         module = frame.f_globals.get("__name__", "")
+        if module == "agents.sb3":
+            return "wrapper"
         if module.startswith(("stable_baselines3", "sb3_contrib")):
-            return True
+            found = "sb3"
         frame = frame.f_back
-    return False
+    return found
 
 
 _OWN_AGENT_FIX = (
@@ -145,6 +149,12 @@ _SB3_FIX = (
     "the whole run would be 0: build the VecEnv with agents.sb3.make_sb3_env(env_id, n_envs) "
     "(or wrap your VecEnv in agents.sb3.LogProbVecEnvWrapper(venv)) and pass it to the model."
 )
+_WRAPPER_FIX = (
+    "The VecEnv of agents.sb3 found no SB3 policy to take log-probs from (it looks for the "
+    "algorithm on the call stack of model.learn): when stepping it yourself, call "
+    "venv.attach(model) first."
+)
+_FIXES = {None: _OWN_AGENT_FIX, "sb3": _SB3_FIX, "wrapper": _WRAPPER_FIX}
 
 
 def report_missing_logprob(mode: str, already_warned: bool, stacklevel: int = 3) -> None:
@@ -153,7 +163,7 @@ def report_missing_logprob(mode: str, already_warned: bool, stacklevel: int = 3)
     The message names the fix for the caller: an own agent (the channel) or Stable-Baselines3
     used without the wrapper (detected from the call stack).
     """
-    fix = _SB3_FIX if _called_from_sb3() else _OWN_AGENT_FIX
+    fix = _FIXES[_sb3_caller()]
     if mode == "require":
         raise LogProbMissingError(
             f"no log π was supplied before step() and the env was built with "
