@@ -1,0 +1,212 @@
+"""Edges of the env's MDP, checked against numbers computed here, not by the package.
+
+* EOS on the last allowed step: terminated (not truncated) and not charged the missing-EOS
+  penalty; the penalty only where EOS is missing, also when rows of one batch finish together.
+* Under the adaptive controller each episode's reward uses the β from *before* that episode's
+  own update, and the update follows Ziegler et al. from the episodes' KL.
+* KL̂ and the reward from k1 / k2 / k3 written out here, over reference log-probs computed here
+  from the reference model's logits (one unbatched forward per prefix).
+"""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.vector import AutoresetMode
+
+from textenv.env.single import TextGenEnv
+from textenv.env.vector import TextGenVectorEnv
+from textenv.lm.models import load_frozen_causal_lm, load_tokenizer
+
+KW = dict(reference="tiny", reward="tiny-rm", max_prompt_tokens=6, max_new_tokens=4)
+STEPS = dict(max_episode_steps=4)  # gym.make's TimeLimit must agree with max_new_tokens
+PROMPT = "Hi"
+TOKENS = [104, 101, 108, 33]  # "hel!" (byte ids; EOS is 256)
+LOGPI = [-1.0, -2.5, -0.3, -4.0]  # the log π an agent reports for them
+EOS = 256
+
+
+def hand_ref_logprobs(prompt: str, tokens: list[int], temperature: float = 1.0) -> list[float]:
+    """log ρ(a_t | prompt, a_<t) from the reference's logits, one forward per prefix."""
+    model = load_frozen_causal_lm("tiny")
+    ids = load_tokenizer("tiny")(prompt, add_special_tokens=False)["input_ids"]
+    out = []
+    for t, a in enumerate(tokens):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids + tokens[:t]])).logits[0, -1].double()
+        z = logits / temperature
+        out.append(float(z[a] - torch.logsumexp(z, 0)))
+    return out
+
+
+def hand_k(estimator: str, logpi: float, ref: float) -> float:
+    r = ref - logpi  # log(ρ/π)
+    if estimator == "k1":
+        return -r
+    if estimator == "k2":
+        return 0.5 * r * r
+    return math.exp(r) - 1.0 - r  # k3
+
+
+def play(env, tokens: list[int], logpis: list[float] | None = None, prompt: str = PROMPT):
+    env.reset(seed=0, options={"prompt": prompt})
+    rewards, out = [], None
+    for i, a in enumerate(tokens):
+        if logpis is not None:
+            env.unwrapped.set_action_logprob(logpis[i])
+        out = env.step(a)
+        rewards.append(out[1])
+    _, _, terminated, truncated, info = out
+    return rewards, terminated, truncated, info
+
+
+# --------------------------------------------------------------------------- EOS and the penalty
+
+
+def test_eos_as_the_last_allowed_token_terminates_unpenalised():
+    # The env itself (gym.make's TimeLimit, at the same step count, also raises `truncated` on
+    # the last step whatever the action: Gymnasium's wrapper does that; `terminated` still says
+    # the episode ended in a terminal state, and the reward below is the env's).
+    env = TextGenEnv(**KW, missing_eos_penalty=2.0)
+    rewards, terminated, truncated, info = play(env, [104, 101, 108, EOS])
+    assert terminated and not truncated
+    assert info["num_tokens"] == 4 and info["text"] == "hel"
+    assert info["penalty"] == 0.0
+    # No log π supplied: log π = log ρ, KL̂ = 0, so the reward is the RM score alone.
+    assert info["kl"] == 0.0
+    assert rewards[-1] == pytest.approx(info["rm_score"], abs=1e-12)
+    assert rewards[:-1] == [0.0, 0.0, 0.0]
+    wrapped = gym.make("textenv/TextGen-v0", **KW, **STEPS, missing_eos_penalty=2.0)
+    rewards, terminated, _, info = play(wrapped, [104, 101, 108, EOS])
+    assert terminated and info["penalty"] == 0.0
+    assert rewards[-1] == pytest.approx(info["rm_score"], abs=1e-12)
+
+
+def test_missing_eos_penalty_only_when_eos_is_missing():
+    env = gym.make("textenv/TextGen-v0", **KW, **STEPS, missing_eos_penalty=2.0)
+    rewards, terminated, truncated, info = play(env, TOKENS)  # 4 tokens, no EOS
+    assert truncated and not terminated
+    assert info["penalty"] == 2.0
+    assert rewards[-1] == pytest.approx(info["rm_score"] - 2.0, abs=1e-12)
+    rewards, terminated, truncated, info = play(env, [EOS])  # EOS at once
+    assert terminated and not truncated and info["penalty"] == 0.0
+    assert rewards[-1] == pytest.approx(info["rm_score"], abs=1e-12)
+    plain = gym.make("textenv/TextGen-v0", **KW, **STEPS)  # no penalty configured
+    rewards, _, truncated, info = play(plain, TOKENS)
+    assert truncated and info["penalty"] == 0.0
+    assert rewards[-1] == pytest.approx(info["rm_score"], abs=1e-12)
+
+
+def test_penalty_per_row_when_rows_finish_on_the_same_step():
+    envs = TextGenVectorEnv(
+        num_envs=3, autoreset_mode=AutoresetMode.DISABLED, missing_eos_penalty=0.5, **KW
+    )
+    envs.reset(seed=0, options={"prompts": [PROMPT] * 3})
+    a = 97
+    # Row 2 ends with EOS at once; rows 0 and 1 finish together on the last step, row 0 by EOS.
+    plan = [[a, a, EOS], [a, a, a], [a, a, a], [EOS, a, a]]
+    for t, actions in enumerate(plan):
+        _, rewards, terminated, truncated, info = envs.step(np.array(actions))
+        if t == 0:
+            assert terminated.tolist() == [False, False, True] and not truncated.any()
+            assert info["penalty"][2] == 0.0
+    assert terminated.tolist() == [True, False, False]
+    assert truncated.tolist() == [False, True, False]
+    assert info["_penalty"].tolist() == [True, True, False]
+    np.testing.assert_array_equal(info["penalty"][:2], [0.0, 0.5])
+    np.testing.assert_allclose(rewards[:2], info["rm_score"][:2] - [0.0, 0.5], atol=1e-12)
+    assert info["num_tokens"][:2].tolist() == [4, 4]
+
+
+# --------------------------------------------------------------------------- adaptive β
+
+
+def test_each_episode_uses_the_beta_before_its_own_update():
+    ref = hand_ref_logprobs(PROMPT, TOKENS)
+    kl = sum(hand_k("k1", lp, r) for lp, r in zip(LOGPI, ref))
+    assert kl > 2.0  # far above the target: the controller raises β (error clipped at +0.2)
+    beta0, horizon = 0.1, 10.0
+    env = gym.make(
+        "textenv/TextGen-v0", **KW, **STEPS, kl_coef=beta0, kl_target=1.0, kl_horizon=horizon
+    )
+    rewards, _, _, info = play(env, TOKENS, LOGPI)
+    assert info["kl"] == pytest.approx(kl, abs=1e-4)
+    assert info["kl_coef"] == beta0
+    assert rewards[-1] == pytest.approx(info["rm_score"] - beta0 * kl, abs=1e-4)
+    beta1 = beta0 * (1 + 0.2 * 1 / horizon)
+    assert env.unwrapped.kl_coef == pytest.approx(beta1, rel=1e-9)
+    rewards, _, _, info = play(env, TOKENS, LOGPI)  # the next episode pays the new β
+    assert info["kl_coef"] == pytest.approx(beta1, rel=1e-9)
+    assert rewards[-1] == pytest.approx(info["rm_score"] - beta1 * kl, abs=1e-4)
+    assert env.unwrapped.kl_coef == pytest.approx(beta1 * (1 + 0.2 / horizon), rel=1e-9)
+
+
+def test_rows_finishing_together_share_the_old_beta_and_one_update():
+    # Two rows, same tokens, different log π: KL̂s k_a and k_b; the update sees their mean.
+    ref = hand_ref_logprobs(PROMPT, TOKENS)
+    other = [lp - 0.5 for lp in LOGPI]
+    kls = [sum(hand_k("k1", lp, r) for lp, r in zip(lps, ref)) for lps in (LOGPI, other)]
+    mean_kl = sum(kls) / 2
+    target = 1.1 * mean_kl  # error = 1/1.1 − 1 ≈ −0.091: inside the ±0.2 clip
+    beta0, horizon = 0.2, 50.0
+    envs = TextGenVectorEnv(
+        num_envs=2,
+        autoreset_mode=AutoresetMode.DISABLED,
+        kl_coef=beta0,
+        kl_target=target,
+        kl_horizon=horizon,
+        **KW,
+    )
+    envs.reset(seed=0, options={"prompts": [PROMPT] * 2})
+    for t, a in enumerate(TOKENS):
+        envs.set_action_logprobs(np.array([LOGPI[t], other[t]]))
+        _, rewards, _, truncated, info = envs.step(np.array([a, a]))
+    assert truncated.all()
+    np.testing.assert_allclose(info["kl"], kls, atol=1e-4)
+    np.testing.assert_array_equal(info["kl_coef"], [beta0, beta0])
+    np.testing.assert_allclose(rewards, info["rm_score"] - beta0 * np.array(kls), atol=1e-4)
+    error = mean_kl / target - 1.0
+    assert envs.kl_coef == pytest.approx(beta0 * (1 + error * 2 / horizon), rel=1e-6)
+
+
+# --------------------------------------------------------------------------- KL̂ by hand
+
+
+@pytest.mark.parametrize("kl_reward", ["terminal", "per_token"])
+@pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
+def test_kl_and_reward_from_hand_computed_log_probs(estimator, kl_reward):
+    temperature, beta = 0.7, 0.3
+    env = gym.make(
+        "textenv/TextGen-v0",
+        **KW,
+        **STEPS,
+        kl_coef=beta,
+        kl_estimator=estimator,
+        kl_reward=kl_reward,
+        temperature=temperature,
+    )
+    rewards, _, truncated, info = play(env, TOKENS, LOGPI)
+    assert truncated
+    ref = hand_ref_logprobs(PROMPT, TOKENS, temperature)
+    np.testing.assert_allclose(info["ref_logprobs"][:4], ref, atol=1e-4)
+    ks = [hand_k(estimator, lp, r) for lp, r in zip(LOGPI, ref)]
+    assert info["kl"] == pytest.approx(sum(ks), abs=1e-4)
+    if kl_reward == "terminal":
+        assert rewards[:3] == [0.0, 0.0, 0.0]
+        assert rewards[3] == pytest.approx(info["rm_score"] - beta * sum(ks), abs=1e-4)
+    else:  # −β·k_t every step, the RM score on top at the last
+        np.testing.assert_allclose(rewards[:3], [-beta * k for k in ks[:3]], atol=1e-4)
+        assert rewards[3] == pytest.approx(info["rm_score"] - beta * ks[3], abs=1e-4)
+    assert sum(rewards) == pytest.approx(info["rm_score"] - beta * sum(ks), abs=1e-4)
+
+
+def test_kl_reward_none_leaves_the_rm_score_alone():
+    env = gym.make("textenv/TextGen-v0", **KW, **STEPS, kl_coef=0.3, kl_reward="none")
+    rewards, _, _, info = play(env, TOKENS, LOGPI)
+    ref = hand_ref_logprobs(PROMPT, TOKENS)
+    assert info["kl"] == pytest.approx(sum(lp - r for lp, r in zip(LOGPI, ref)), abs=1e-4)
+    assert rewards == [0.0, 0.0, 0.0, pytest.approx(info["rm_score"], abs=1e-12)]

@@ -1,0 +1,286 @@
+"""The agents' losses against hand computation on tiny batches.
+
+Every expected value here is plain Python arithmetic written out in the test (never the package's
+own helpers), so a sign, a clip direction or a normalisation that goes wrong in the package shows
+up as a different number. Gradients are checked where the direction is the point (the clip
+stops the gradient on one side only; the KL term pulls log π towards log ρ).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from agents import GRPO, PPO, RLOO, GRPOConfig, PPOConfig, RLOOConfig
+from agents.grpo import group_advantages, grpo_loss
+from agents.ppo import clipped_policy_loss, clipped_value_loss, gae
+from agents.rloo import leave_one_out_advantages
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def t(rows: list[list[float]], grad: bool = False) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.float64, requires_grad=grad)
+
+
+# --------------------------------------------------------------------------- PPO: policy
+
+
+# One sequence per clip case (ε = 0.2); the third token of every row is padding.
+# ratio r = exp(log π − log π_old):
+#   row 0: r = 1.5, A = +2 → clipped at 1 + ε: loss −2·1.2 = −2.4, no gradient
+#   row 1: r = 1.5, A = −2 → unclipped (max picks −A·r = 3.0 > 2.4): gradient flows
+#   row 2: r = 0.5, A = −2 → clipped at 1 − ε: loss 2·0.8 = 1.6, no gradient
+#   row 3: r = 0.5, A = +2 → unclipped (−A·r = −1.0 > −1.6): gradient flows
+#   row 4: r = 1.1, A = +1 → inside the range: −1.1
+RATIOS = [1.5, 1.5, 0.5, 0.5, 1.1]
+ADVS = [2.0, -2.0, -2.0, 2.0, 1.0]
+HAND_LOSS = [-2.4, 3.0, 1.6, -1.0, -1.1]
+HAND_CLIPPED = [True, False, True, False, False]
+
+
+def _ppo_batch() -> tuple[torch.Tensor, ...]:
+    old = t([[-1.0, -2.0, -3.0]] * 5)
+    logprobs = t([[o + math.log(r), -2.0 + math.log(r), 7.0] for o, r in zip([-1.0] * 5, RATIOS)])
+    logprobs.requires_grad_(True)
+    adv = t([[a, a, 100.0] for a in ADVS])  # the padded token's huge advantage must not count
+    mask = torch.tensor([[True, True, False]] * 5)
+    return logprobs, old, adv, mask
+
+
+def test_ppo_clipped_surrogate_both_directions_by_hand():
+    logprobs, old, adv, mask = _ppo_batch()
+    loss, ratio = clipped_policy_loss(logprobs, old, adv, mask, clip_eps=0.2)
+    # Two real tokens per row, each with the row's value: the masked mean is the row mean.
+    assert loss.item() == pytest.approx(sum(HAND_LOSS) / 5, abs=1e-9)
+    torch.testing.assert_close(ratio[:, 0], torch.tensor(RATIOS, dtype=torch.float64))
+    loss.backward()
+    g = logprobs.grad
+    for row, (clipped, a, r) in enumerate(zip(HAND_CLIPPED, ADVS, RATIOS)):
+        if clipped:  # the clip removes the incentive to move further
+            assert g[row, 0] == 0 and g[row, 1] == 0, row
+        else:  # d(−A·r)/d log π = −A·r, divided by the 10 real tokens
+            assert float(g[row, 0]) == pytest.approx(-a * r / 10, abs=1e-9), row
+    assert (g[:, 2] == 0).all()  # padding gets no gradient
+
+
+def test_ppo_surrogate_is_minus_advantage_times_ratio_without_clipping():
+    logprobs, old, adv, mask = _ppo_batch()
+    loss, _ = clipped_policy_loss(logprobs, old, adv, mask, clip_eps=0.99)
+    assert loss.item() == pytest.approx(sum(-a * r for a, r in zip(ADVS, RATIOS)) / 5, abs=1e-9)
+
+
+# --------------------------------------------------------------------------- PPO: value
+
+
+def test_ppo_clipped_value_loss_by_hand():
+    # clip 0.2; per token: max((V − R)², (V_clip − R)²), V_clip = V_old + clip(V − V_old, ±0.2)
+    values = t([[1.0, 0.5, 0.0, 3.0]], grad=True)
+    old = t([[0.5, 0.0, 0.1, 9.0]])
+    returns = t([[0.0, 1.0, 0.2, -5.0]])
+    mask = torch.tensor([[True, True, True, False]])
+    # token 0: V moved +0.5 (clipped to 0.7); (1.0−0)² = 1.00 vs (0.7−0)² = 0.49 → 1.00
+    # token 1: V moved +0.5 (clipped to 0.2); (0.5−1)² = 0.25 vs (0.2−1)² = 0.64 → 0.64
+    # token 2: V moved −0.1 (inside);         (0.0−0.2)² = 0.04 both          → 0.04
+    loss = clipped_value_loss(values, old, returns, mask, clip_value=0.2)
+    assert loss.item() == pytest.approx(0.5 * (1.00 + 0.64 + 0.04) / 3, abs=1e-9)
+    loss.backward()
+    # token 1 is scored by its clipped value, which does not depend on V: no gradient.
+    assert float(values.grad[0, 1]) == 0.0
+    assert float(values.grad[0, 0]) == pytest.approx(0.5 * 2 * (1.0 - 0.0) / 3, abs=1e-9)
+    assert float(values.grad[0, 3]) == 0.0
+
+
+# --------------------------------------------------------------------------- GAE
+
+
+def test_gae_with_discount_and_lambda_by_hand():
+    gamma, lam = 0.9, 0.8
+    rewards = torch.tensor([[0.5, 0.0, 1.0, 7.0], [0.0, -1.0, 3.0, 3.0]])
+    values = torch.tensor([[0.2, 0.4, 0.3, 5.0], [0.1, 0.6, 5.0, 5.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]], dtype=torch.bool)
+    adv = gae(rewards, values, mask, gamma, lam)
+    # Row 0 (3 tokens; the value after the last token is 0):
+    d2 = 1.0 + 0.0 - 0.3  # 0.7
+    d1 = 0.0 + 0.9 * 0.3 - 0.4  # -0.13
+    d0 = 0.5 + 0.9 * 0.4 - 0.2  # 0.66
+    a2 = d2
+    a1 = d1 + 0.72 * a2  # γλ = 0.72
+    a0 = d0 + 0.72 * a1
+    torch.testing.assert_close(adv[0], torch.tensor([a0, a1, a2, 0.0]))
+    # Row 1 (2 tokens)
+    e1 = -1.0 - 0.6
+    e0 = 0.0 + 0.9 * 0.6 - 0.1
+    torch.testing.assert_close(adv[1], torch.tensor([e0 + 0.72 * e1, e1, 0.0, 0.0]))
+    # λ = 1: the advantage is the discounted return-to-go minus the value.
+    adv1 = gae(rewards, values, mask, gamma, 1.0)
+    g0 = 0.5 + 0.9 * 0.0 + 0.81 * 1.0
+    torch.testing.assert_close(adv1[0, 0], torch.tensor(g0 - 0.2))
+
+
+# --------------------------------------------------------------------------- GRPO
+
+
+def _grpo_batch() -> tuple[torch.Tensor, ...]:
+    # Two sequences of 3 and 1 real tokens (N = 3); ratios all 1 (on-policy first step).
+    logprobs = t([[-1.0, -2.0, -0.5], [-1.5, 0.0, 0.0]], grad=True)
+    old = logprobs.detach().clone()
+    ref = t([[-1.5, -1.0, -0.5], [-1.0, 0.0, 0.0]])
+    adv = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    mask = torch.tensor([[True, True, True], [True, False, False]])
+    return logprobs, old, ref, adv, mask
+
+
+def _k3(logp: float, ref: float) -> float:
+    d = ref - logp
+    return math.exp(d) - d - 1
+
+
+def test_grpo_three_normalisations_by_hand():
+    beta = 0.1
+    logprobs, old, ref, adv, mask = _grpo_batch()
+    # Per token (r = 1): −A + β·k3(π, ρ).
+    row0 = [-1.0 + beta * _k3(-1.0, -1.5), -1.0 + beta * _k3(-2.0, -1.0), -1.0 + 0.0]
+    row1 = [2.0 + beta * _k3(-1.5, -1.0)]
+    expected = {
+        "grpo": (sum(row0) / 3 + row1[0]) / 2,  # per-sequence means, then the mean
+        "bnpo": (sum(row0) + row1[0]) / 4,  # every real token weighs the same
+        "dr_grpo": (sum(row0) + row1[0]) / (2 * 3),  # a constant: batch × max tokens
+    }
+    for loss_type, want in expected.items():
+        loss, ratio, kl = grpo_loss(
+            logprobs,
+            old,
+            ref,
+            adv,
+            mask,
+            epsilon_low=0.2,
+            epsilon_high=0.28,
+            beta=beta,
+            loss_type=loss_type,
+        )
+        assert loss.item() == pytest.approx(want, abs=1e-9), loss_type
+    assert float(kl[0, 1]) == pytest.approx(_k3(-2.0, -1.0), abs=1e-12)
+    assert (kl >= 0).all() and (ratio == 1).all()
+    with pytest.raises(ValueError, match="loss_type"):
+        grpo_loss(logprobs, old, ref, adv, mask, epsilon_low=0.2, epsilon_high=0.2, beta=0.1,
+                  loss_type="sum")  # fmt: skip
+
+
+def test_grpo_kl_term_pulls_log_pi_towards_the_reference():
+    logprobs, old, ref, _, mask = _grpo_batch()
+    zero_adv = torch.zeros(2, dtype=torch.float64)
+    loss, _, _ = grpo_loss(
+        logprobs, old, ref, zero_adv, mask, epsilon_low=0.2, epsilon_high=0.2, beta=0.5,
+        loss_type="bnpo",
+    )  # fmt: skip
+    loss.backward()
+    g = logprobs.grad
+    # d/dπ β·(e^(ρ−π) − (ρ−π) − 1) = β·(1 − e^(ρ−π)); / 4 real tokens
+    assert float(g[0, 0]) == pytest.approx(0.5 * (1 - math.exp(-0.5)) / 4, abs=1e-12)
+    assert g[0, 0] > 0  # π above ρ: a descent step lowers log π
+    assert g[0, 1] < 0  # π below ρ: a descent step raises log π
+    assert g[0, 2] == 0 and g[1, 1] == 0  # π = ρ, and padding
+
+
+def test_grpo_asymmetric_clip_by_hand():
+    # One token each, off-policy ratios: ε_low = 0.2, ε_high = 0.28, β = 0.
+    ratios, advs = [1.5, 0.5, 1.5, 0.5], [1.0, -1.0, -1.0, 1.0]
+    old = t([[0.0]] * 4)
+    logprobs = t([[math.log(r)] for r in ratios], grad=True)
+    loss, _, _ = grpo_loss(
+        logprobs, old, old, torch.tensor(advs, dtype=torch.float64), torch.ones(4, 1, dtype=torch.bool),
+        epsilon_low=0.2, epsilon_high=0.28, beta=0.0, loss_type="grpo",
+    )  # fmt: skip
+    # −min(r·A, clip(r)·A): [−1.28 (clipped high), 0.8 (clipped low), 1.5, −0.5]
+    assert loss.item() == pytest.approx((-1.28 + 0.8 + 1.5 - 0.5) / 4, abs=1e-9)
+    loss.backward()
+    assert logprobs.grad[0, 0] == 0 and logprobs.grad[1, 0] == 0
+    assert float(logprobs.grad[2, 0]) == pytest.approx(1.5 / 4, abs=1e-9)
+
+
+def test_group_advantages_by_hand():
+    r = torch.tensor([1.0, 3.0, 0.0, 0.0, 4.0, 8.0])
+    adv, std = group_advantages(r, 2, "group", eps=0.01)
+    s = math.sqrt(2.0)  # sample std of (1, 3) = √2; of (4, 8) = 2√2
+    torch.testing.assert_close(adv[:2], torch.tensor([-1 / (s + 0.01), 1 / (s + 0.01)]))
+    torch.testing.assert_close(std, torch.tensor([s, 0.0, 2 * s]))
+    assert (adv[2:4] == 0).all()  # a group of equal rewards teaches nothing
+    torch.testing.assert_close(adv[4:], torch.tensor([-2 / (2 * s + 0.01), 2 / (2 * s + 0.01)]))
+
+
+# --------------------------------------------------------------------------- RLOO
+
+
+def test_rloo_leave_one_out_by_hand():
+    r = torch.tensor([1.0, 2.0, 3.0, 6.0, 0.0, 0.0, 0.0, 4.0])
+    adv = leave_one_out_advantages(r, 4)
+    want = [1 - 11 / 3, 2 - 10 / 3, 3 - 9 / 3, 6 - 6 / 3, 0 - 4 / 3, 0 - 4 / 3, 0 - 4 / 3, 4 - 0]
+    torch.testing.assert_close(adv, torch.tensor(want))
+    adv2 = leave_one_out_advantages(r, 2)  # groups of 2: the other sample is the baseline
+    torch.testing.assert_close(adv2, torch.tensor([-1.0, 1.0, -3.0, 3.0, 0.0, 0.0, -4.0, 4.0]))
+
+
+# --------------------------------------------------------------------------- one update's direction
+
+
+def _sort(config_cls, **kw):
+    """Sort-v0 (graded rewards in [0, 1]) without a KL term: the return is the task score."""
+    base = dict(env_id="textenv/Sort-v0", env_kwargs={"kl_coef": 0.0}, num_envs=16)
+    base["minibatch_size"] = 16
+    return config_cls(**{**base, "progress": False, "anneal_lr": False, **kw})
+
+
+@pytest.mark.parametrize(
+    "agent_cls, config",
+    [
+        (PPO, _sort(PPOConfig, lr=1e-3, epochs=1, gae_lambda=1.0)),
+        (PPO, _sort(PPOConfig, lr=1e-3, epochs=1, gae_lambda=1.0, value_model="separate")),
+        (GRPO, _sort(GRPOConfig, lr=1e-3, epochs=1, group_size=4, beta=0.0)),
+        (RLOO, _sort(RLOOConfig, lr=1e-3, k=4)),
+    ],
+    ids=["ppo", "ppo-separate-value", "grpo", "rloo"],
+)
+def test_one_update_raises_the_log_prob_of_better_than_average_episodes(agent_cls, config):
+    """One gradient step moves log π(sequence) up where the return beats its baseline."""
+    agent = agent_cls(config)
+    agent.generator.manual_seed(0)
+    rollout = agent._collect()
+    returns = rollout.returns.double()
+    assert returns.std() > 0
+    with torch.no_grad():
+        before = (agent.policy.score(rollout) * rollout.mask).sum(1).double()
+    agent._update(rollout)
+    with torch.no_grad():
+        after = (agent.policy.score(rollout) * rollout.mask).sum(1).double()
+    k = getattr(config, "group_size", getattr(config, "k", None)) or len(returns)
+    centred = returns.view(-1, k) - returns.view(-1, k).mean(1, keepdim=True)
+    change = (after - before).view(-1, k)
+    # Up for the better episodes, down for the worse: a positive correlation within groups.
+    assert float((centred * change).sum()) > 0, (centred, change)
+
+
+def test_ppo_separate_value_model_is_the_one_that_predicts_values():
+    agent = PPO(_sort(PPOConfig, value_model="separate"))
+    agent.generator.manual_seed(0)
+    rollout = agent._collect()
+    torch.nn.init.normal_(agent.value_head.weight)  # the zero-init head would hide the trunk
+    with torch.no_grad():
+        logp0, v0 = agent._score(rollout, slice(None))
+        for p in agent.value_model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        logp1, v1 = agent._score(rollout, slice(None))
+        for p in agent.policy.model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        logp2, v2 = agent._score(rollout, slice(None))
+    m = rollout.mask
+    assert (v1[m] - v0[m]).abs().max() > 1e-3  # the value trunk moves the values
+    torch.testing.assert_close(logp1, logp0)  # ... and not the policy
+    torch.testing.assert_close(v2, v1)  # the policy's trunk does not move the values
+    assert (logp2[m] - logp1[m]).abs().max() > 1e-3
+    # And it is trained: one update changes the value trunk's weights.
+    w = [p.detach().clone() for p in agent.value_model.parameters()]
+    agent._update(rollout)
+    assert any(not torch.equal(a, b) for a, b in zip(w, agent.value_model.parameters()))
