@@ -3,7 +3,7 @@
 For each task: sample K completions per prompt from the task's base LM (train prompts for
 training, eval prompts for the held-out set), label pairs with a simulated labeller (the task's
 gold scorer + Bradley–Terry at temperature T, ties skipped), train a reward model
-(:func:`textenv.reward_training.train_reward_model`, initialised from the base LM) on N pairs,
+(:func:`textenv.training.reward_model.train_reward_model`, initialised from the base LM) on N pairs,
 reload it with :func:`textenv.rewards.load_reward` and measure on the held-out pairs:
 
 * ``acc_labels``: accuracy on the noisy held-out labels, next to ``noise_ceiling`` (the best
@@ -33,7 +33,7 @@ from common import CPUClock  # noqa: E402
 
 from textenv.preferences import SimulatedLabeller, sample_completions
 from textenv.rewards import load_reward, score
-from textenv.training.reward_model import train_reward_model
+from textenv.training.reward_model import RewardModelConfig, train_reward
 
 RESULTS = Path(__file__).resolve().parent / "results"
 JSON_PATH = RESULTS / "reward_model.json"
@@ -131,25 +131,10 @@ def _key(task: str, kind: str, n: int, seed: int) -> str:
 
 
 def _train(kind: str, pairs: list, out: Path, reference: str, seed: int) -> dict:
-    """Train one RM; returns the fields the table needs, whatever the kind."""
-    if kind == "backbone":
-        m = train_reward_model(
-            pairs, out, backbone=reference, seed=seed, progress=sys.stderr.isatty(), **TRAIN
-        )
-        return m
-    from textenv.training.fused_head import train_fused_head
-
-    m = train_fused_head(pairs, out, reference=reference, seed=seed)
-    head = load_reward(str(out))
-    return {
-        "val_accuracy": m["val_accuracy"],
-        "val_loss": m["val_loss"],
-        "epochs_run": m["epochs_run"],
-        "best_epoch": m["epoch"],
-        "train_time_s": m["time_s"],
-        "parameters": sum(p.numel() for p in head.mlp.parameters()),
-        "history": m["history"],
-    }
+    """Train one RM of either kind; both report the same metrics."""
+    settings = TRAIN if kind == "backbone" else {}
+    config = RewardModelConfig(kind=kind, backbone=reference, seed=seed, **settings)
+    return train_reward(pairs, out, config, progress=sys.stderr.isatty())
 
 
 def run(

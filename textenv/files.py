@@ -23,7 +23,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ __all__ = [
     "atomic_write_lines",
     "atomic_write_dir",
     "append_line",
+    "check_dir_target",
     "fsync_dir",
     "resolve_dir",
 ]
@@ -91,27 +92,52 @@ def _old(target: Path) -> Path:
     return target.parent / f".{target.name}.old"
 
 
-def atomic_write_dir(target: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
-    """Fill a folder with ``write(tmp)`` and swap it in for ``target`` atomically.
+def check_dir_target(target: str | os.PathLike, replaces: Sequence[str] | None = None) -> Path:
+    """Check, before any work, that :func:`atomic_write_dir` may write ``target``.
 
-    A kill before the swap leaves the old folder untouched; a kill between the two renames
-    leaves it at ``.<name>.old`` (:func:`resolve_dir` falls back to it). ``target`` must not
-    be an existing file.
+    ``target`` must not be an existing file. With ``replaces`` (file names that mark an earlier
+    output of the same kind), an existing non-empty folder holding none of them is refused, so a
+    mistyped path never replaces an unrelated folder. Returns the resolved path.
     """
     target = Path(target).resolve()
     if target.exists() and not target.is_dir():
         raise FileExistsError(f"{target} exists and is not a folder")
+    if replaces is not None and target.is_dir() and any(target.iterdir()):
+        if not any((target / name).exists() for name in replaces):
+            raise FileExistsError(
+                f"{target} is a folder that holds none of {list(replaces)}; refusing to "
+                "replace it (choose a new or empty folder)"
+            )
+    return target
+
+
+def atomic_write_dir(
+    target: str | os.PathLike,
+    write: Callable[[Path], Any],
+    *,
+    replaces: Sequence[str] | None = None,
+) -> Path:
+    """Fill a folder with ``write(tmp)`` and swap it in for ``target`` atomically.
+
+    A kill before the swap leaves the old folder untouched; a kill between the two renames
+    leaves it at ``.<name>.old`` (:func:`resolve_dir` falls back to it). ``target`` must not
+    be an existing file; ``replaces``: see :func:`check_dir_target`. Temp folders of killed
+    saves of the same target are removed first.
+    """
+    target = check_dir_target(target, replaces)
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Temp folders left by killed saves of this target.
     for stale in target.parent.glob(f".{target.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
+        os.chmod(tmp, 0o755)  # mkdtemp's 0o700 would stay on the swapped-in folder
         write(tmp)
         for f in tmp.rglob("*"):
             if f.is_file():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
+            elif f.is_dir():
+                fsync_dir(f)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -1,31 +1,44 @@
 """Training of the fused reward head (see :mod:`textenv.rewards.fused`): Bradley–Terry on the frozen
-reference's features."""
+reference's features, with the loop and metrics every reward model shares
+(:mod:`textenv.training.bradley_terry`)."""
 
 from __future__ import annotations
 
-import copy
-import json
-import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from textenv.preferences import read_preferences
+from textenv.files import atomic_write_dir, atomic_write_json, check_dir_target
+from textenv.preferences import PreferencePair
 from textenv.rewards.fused import FusedRewardHead, make_mlp, pooled_scores
-from textenv.training.reward_model import split_by_prompt
+from textenv.training.bradley_terry import (
+    RM_MARKERS,
+    RewardModelConfig,
+    as_pairs,
+    fit_bradley_terry,
+    margins,
+    split_by_prompt,
+    summary,
+)
 
 __all__ = ["train_fused_head"]
 
 
 def _featurise(
-    head: FusedRewardHead, prompts: list[str], completions: list[str], batch_size: int
+    head: FusedRewardHead,
+    prompts: list[str],
+    completions: list[str],
+    batch_size: int,
+    max_length: int,
 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Frozen per-token features, computed once, in chunks of ``(features, completion, mask)``."""
     chunks = []
     for start in range(0, len(prompts), batch_size):
         ids, mask, completion = head.encode(
-            prompts[start : start + batch_size], completions[start : start + batch_size]
+            prompts[start : start + batch_size], completions[start : start + batch_size], max_length
         )
         chunks.append((head.features(ids, mask), completion, mask))
     return chunks
@@ -45,100 +58,103 @@ def _stack(chunks: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
 def train_fused_head(
     pairs: Any,
     out_dir: str | Path,
+    config: RewardModelConfig | None = None,
     *,
-    reference: str = "builtin:prose",
-    val_fraction: float = 0.1,
-    width: int = 256,
-    epochs: int = 20,
-    lr: float = 3e-3,
-    weight_decay: float = 1e-2,
-    batch_size: int = 64,
-    patience: int = 4,
-    normalize: bool = True,
-    seed: int = 0,
+    val_pairs: Any = None,
+    normalize_samples: Sequence[tuple[str, str]] | None = None,
+    progress: bool = False,
+    on_error: str = "raise",
+    reference: str | None = None,
+    **settings: Any,
 ) -> dict[str, Any]:
     """Train the head with the Bradley–Terry loss on frozen features; save it to ``out_dir``.
 
-    Features of every chosen/rejected text are computed once (the trunk is frozen); the MLP is
-    trained with AdamW on ``−log σ(r_c − r_r − margin)``, with early stopping on the held-out
-    loss (best epoch kept). ``normalize`` stores the mean / std of the raw reward over the
-    training completions (samples of the policy being labelled), so rewards start at mean 0,
-    std 1. Returns metrics, also written to ``out_dir/training_metrics.json``.
+    ``config``: a :class:`RewardModelConfig` of kind ``fused`` (its ``backbone`` is the frozen
+    reference; ``reference=`` is accepted as another name for it); keyword ``settings`` (its
+    field names) override it. Features of every chosen / rejected text are computed once (the
+    trunk is frozen); the MLP is trained by the shared loop (early stopping on the held-out
+    loss, best epoch kept). ``normalize`` stores the mean / std of the raw reward over
+    ``normalize_samples`` (default: the distinct training completions, samples of the policy
+    being labelled), so rewards start at mean 0, std 1. The folder is written atomically.
+    Returns the metrics every reward model reports, also written to
+    ``out_dir/training_metrics.json``.
     """
-
-    started = time.perf_counter()
-    all_pairs = pairs if isinstance(pairs, list) else list(read_preferences(pairs))
-    train, val = split_by_prompt(all_pairs, val_fraction, seed)
+    if reference is not None:
+        settings["backbone"] = reference
+    config = RewardModelConfig.from_kwargs("fused", config, **settings)
+    out = check_dir_target(out_dir, RM_MARKERS)  # fail before training, not at the save
+    all_pairs = as_pairs(pairs, on_error)
+    if val_pairs is not None:
+        train, val = all_pairs, as_pairs(val_pairs, on_error)
+    else:
+        train, val = split_by_prompt(all_pairs, config.val_fraction, config.seed)
     if not train:
         raise ValueError("no training pairs")
-    torch.manual_seed(seed)
-    head = FusedRewardHead(reference, width=width)
-    mlp = make_mlp(2 * head.model.config.hidden_size, width)
+    torch.manual_seed(config.seed)
+    head = FusedRewardHead(config.backbone, width=config.width, device=config.device)
+    mlp = make_mlp(2 * head.model.config.hidden_size, config.width).to(config.device)
 
-    def data(ps: list) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], torch.Tensor]:
+    def data(ps: list[PreferencePair]) -> tuple[tuple[torch.Tensor, ...], ...]:
         prompts = [p.prompt for p in ps]
-        chosen = _stack(_featurise(head, prompts, [p.chosen for p in ps], 256))
-        rejected = _stack(_featurise(head, prompts, [p.rejected for p in ps], 256))
-        margin = torch.tensor([float(getattr(p, "margin", 0.0) or 0.0) for p in ps])
-        return chosen, rejected, margin
-
-    def reward(batch: tuple[torch.Tensor, ...], rows: torch.Tensor | slice) -> torch.Tensor:
-        feats, completion, mask = (x[rows] for x in batch)
-        return pooled_scores(mlp(feats).squeeze(-1), completion, mask)
-
-    def evaluate(split: tuple) -> tuple[float, float]:
-        chosen, rejected, margin = split
-        with torch.no_grad():
-            diff = reward(chosen, slice(None)) - reward(rejected, slice(None))
-            loss = torch.nn.functional.softplus(-(diff - margin)).mean().item()
-        return loss, (diff > 0).float().mean().item()
-
-    train_data = data(train)
-    val_data = data(val) if val else None
-    optimizer = torch.optim.AdamW(mlp.parameters(), lr=lr, weight_decay=weight_decay)
-    generator = torch.Generator().manual_seed(seed)
-    history, best, best_state, waited = [], float("inf"), copy.deepcopy(mlp.state_dict()), 0
-    n = len(train)
-    for epoch in range(epochs):
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n, batch_size):
-            rows = order[start : start + batch_size]
-            diff = reward(train_data[0], rows) - reward(train_data[1], rows)
-            loss = torch.nn.functional.softplus(-(diff - train_data[2][rows])).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        record = {"epoch": epoch + 1}
-        record["train_loss"], record["train_accuracy"] = evaluate(train_data)
-        if val_data is not None:
-            record["val_loss"], record["val_accuracy"] = evaluate(val_data)
-        history.append(record)
-        score = record.get("val_loss", record["train_loss"])
-        if score < best:
-            best, best_state, waited = score, copy.deepcopy(mlp.state_dict()), 0
-        else:
-            waited += 1
-            if waited >= patience:
-                break
-    mlp.load_state_dict(best_state)
-    head.mlp = mlp.eval().requires_grad_(False)
-    if normalize:
-        with torch.no_grad():
-            raw = torch.cat(
-                [reward(train_data[0], slice(None)), reward(train_data[1], slice(None))]
+        return tuple(
+            _stack(
+                _featurise(head, prompts, [getattr(p, side) for p in ps], 256, config.max_length)
             )
-        head.mean, head.std = float(raw.mean()), float(raw.std().clamp_min(1e-6))
-    best_record = min(history, key=lambda r: r.get("val_loss", r["train_loss"]))
-    metrics = {
-        "kind": "fused_reward_head",
-        "reference": reference,
-        "train_pairs": len(train),
-        "val_pairs": len(val),
-        **{k: v for k, v in best_record.items()},
-        "epochs_run": len(history),
-        "history": history,
-        "time_s": time.perf_counter() - started,
-    }
-    head.save(out_dir, {"training": {k: v for k, v in metrics.items() if k != "history"}})
-    (Path(out_dir) / "training_metrics.json").write_text(json.dumps(metrics, indent=2))
+            for side in ("chosen", "rejected")
+        )
+
+    features = {"train": data(train), "val": data(val) if val else ()}
+
+    def rewards(split: str, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(rows, dtype=torch.long)
+        out = []
+        for feats, completion, mask in features[split]:
+            feats, completion, mask = feats[index], completion[index], mask[index]
+            out.append(pooled_scores(mlp(feats).squeeze(-1), completion, mask))
+        return out[0], out[1]
+
+    fit = fit_bradley_terry(
+        mlp,
+        rewards,
+        margins(train, config.use_margin),
+        margins(val, config.use_margin),
+        config,
+        progress=progress,
+    )
+    head.mlp = mlp.eval().requires_grad_(False)
+    if config.normalize:
+        if normalize_samples is None:
+            samples = list(
+                dict.fromkeys((p.prompt, c) for p in train for c in (p.chosen, p.rejected))
+            )
+        else:
+            samples = list(normalize_samples)
+        raw = np.concatenate(
+            [
+                head(
+                    [p for p, _ in samples[i : i + 256]],
+                    [c for _, c in samples[i : i + 256]],
+                    [{}] * len(samples[i : i + 256]),
+                )
+                for i in range(0, len(samples), 256)
+            ]
+        )
+        std = float(raw.std())
+        head.mean, head.std = float(raw.mean()), std if raw.size > 1 and std > 1e-8 else 1.0
+    metrics = summary(
+        config,
+        fit,
+        n_train=len(train),
+        n_val=len(val),
+        reward_mean=head.mean,
+        reward_std=head.std,
+        parameters=sum(p.numel() for p in mlp.parameters()),
+        out_dir=str(out),
+    )
+
+    def write(tmp: Path) -> None:
+        head.save(tmp, {"training": {k: v for k, v in metrics.items() if k != "history"}})
+        atomic_write_json(tmp / "training_metrics.json", metrics)
+
+    atomic_write_dir(out, write, replaces=RM_MARKERS)
     return metrics

@@ -1,12 +1,13 @@
 """Training a reward model on preference pairs (Bradley–Terry), saved for the env to load.
 
-Loss per pair (TRL's RewardTrainer): ``−log σ(r_c − r_r − margin)`` (``margin`` from the data,
-0 where absent) plus an optional centering term ``center_coef · mean((r_c + r_r)²)`` that keeps
-rewards near 0. Pairs are split into train / validation **by prompt** (pairs of one prompt —
-e.g. the C(K, 2) pairs of one ranking — never straddle the split, as in InstructGPT). Each epoch
-logs loss and accuracy; training stops early when the validation loss has not improved for
-``patience`` epochs, and the best epoch's weights are kept. Dropout is off throughout (RLHF
-implementation details).
+:func:`train_reward` trains either kind from one :class:`RewardModelConfig`;
+:func:`train_reward_model` is the ``backbone`` kind (a fine-tuned LM with a score head), the
+``fused`` kind is in :mod:`textenv.training.fused_head`. Both run the one loop of
+:mod:`textenv.training.bradley_terry` (loss ``−log σ(r_c − r_r − margin)`` plus an optional
+centering term, TRL's RewardTrainer; early stopping on the validation loss, best epoch kept) and
+report the same metrics. Pairs are split into train / validation **by prompt** (pairs of one
+prompt — e.g. the C(K, 2) pairs of one ranking — never straddle the split, as in InstructGPT).
+Dropout is off throughout (RLHF implementation details).
 
 The result is a Hugging Face folder — ``save_pretrained`` of a one-label
 ``AutoModelForSequenceClassification`` (safetensors) plus its tokenizer and
@@ -27,9 +28,6 @@ A causal-LM checkpoint gets a fresh one-output score head.
 from __future__ import annotations
 
 import copy
-import json
-import math
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from textenv.files import atomic_write_dir, atomic_write_json, check_dir_target
 from textenv.lm.models import (
     BUILTIN_MODELS_DIR,
     ModelLoadError,
@@ -47,17 +46,29 @@ from textenv.lm.models import (
     parse_tiny_spec,
 )
 from textenv.lm.sampling import position_ids_from_mask
-from textenv.preferences import PreferencePair, read_preferences
 from textenv.rewards import load_reward, score
+from textenv.training.bradley_terry import (
+    DEFAULT_BACKBONE,
+    RM_MARKERS,
+    RewardModelConfig,
+    as_pairs,
+    fit_bradley_terry,
+    margins,
+    pair_metrics,
+    split_by_prompt,
+    summary,
+)
+from textenv.training.fused_head import train_fused_head
 
 __all__ = [
+    "DEFAULT_BACKBONE",
+    "RewardModelConfig",
     "load_backbone",
+    "train_reward",
     "train_reward_model",
     "evaluate_reward",
     "split_by_prompt",
 ]
-
-DEFAULT_BACKBONE = "builtin:prose"
 
 
 # --------------------------------------------------------------------------- model + data
@@ -167,213 +178,115 @@ def _score_all(
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def split_by_prompt(
-    pairs: Sequence[Any], val_fraction: float, seed: int = 0
-) -> tuple[list[Any], list[Any]]:
-    """Train / validation pairs, whole prompts on one side (about ``val_fraction`` of pairs).
-    With a single prompt, pairs are split individually."""
-    if val_fraction <= 0 or len(pairs) < 2:
-        return list(pairs), []
-    if not val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    rng = np.random.default_rng([seed, 5])
-    prompts = list(dict.fromkeys(p.prompt for p in pairs))
-    target = max(1, round(val_fraction * len(pairs)))
-    if len(prompts) < 2:
-        order = rng.permutation(len(pairs))
-        val_idx = set(order[:target].tolist())
-        return (
-            [p for i, p in enumerate(pairs) if i not in val_idx],
-            [p for i, p in enumerate(pairs) if i in val_idx],
-        )
-    counts: dict[str, int] = {}
-    for p in pairs:
-        counts[p.prompt] = counts.get(p.prompt, 0) + 1
-    val_prompts: set[str] = set()
-    n_val = 0
-    for i in rng.permutation(len(prompts)):
-        if n_val >= target or len(val_prompts) == len(prompts) - 1:
-            break
-        val_prompts.add(prompts[i])
-        n_val += counts[prompts[i]]
-    return (
-        [p for p in pairs if p.prompt not in val_prompts],
-        [p for p in pairs if p.prompt in val_prompts],
-    )
-
-
-def _pair_metrics(rc: np.ndarray, rr: np.ndarray, margins: np.ndarray) -> dict[str, float]:
-    d = rc - rr - margins
-    loss = float(np.mean(np.logaddexp(0.0, -d))) if d.size else float("nan")
-    acc = float(np.mean((rc > rr) + 0.5 * (rc == rr))) if d.size else float("nan")
-    return {"loss": loss, "accuracy": acc}
-
-
 def evaluate_reward(
     reward: Any, pairs: Any, *, use_margin: bool = False, on_error: str = "raise"
 ) -> dict[str, float]:
     """Accuracy (ties count ½) and Bradley–Terry loss of a reward function / spec / RM folder
     on preference pairs (a source :func:`textenv.preferences.read_preferences` accepts)."""
 
-    if not (isinstance(pairs, list) and all(isinstance(p, PreferencePair) for p in pairs)):
-        pairs = read_preferences(pairs, on_error=on_error)
+    pairs = as_pairs(pairs, on_error)
     fn = load_reward(reward) if isinstance(reward, str) else reward
     prompts = [p.prompt for p in pairs]
     meta = [dict(p.metadata) for p in pairs]
     s = score(fn, prompts * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs], meta * 2)
     n = len(pairs)
-    margins = np.array([(p.margin or 0.0) if use_margin else 0.0 for p in pairs])
-    return {**_pair_metrics(s[:n], s[n:], margins), "n": n}
+    margin = margins(pairs, use_margin)
+    return {**pair_metrics(s[:n], s[n:], margin), "n": n}
 
 
 # --------------------------------------------------------------------------- training
 
 
-def train_reward_model(
+def train_reward(
     pairs: Any,
     out_dir: str | Path,
+    config: RewardModelConfig,
     *,
-    backbone: str = DEFAULT_BACKBONE,
     val_pairs: Any = None,
-    val_fraction: float = 0.1,
-    epochs: int = 10,
-    batch_size: int = 32,
-    lr: float = 3e-4,
-    weight_decay: float = 0.0,
-    grad_clip: float = 1.0,
-    patience: int = 2,
-    center_coef: float = 0.0,
-    use_margin: bool = True,
-    max_length: int = 256,
-    normalize: bool = True,
     normalize_samples: Sequence[tuple[str, str]] | None = None,
-    seed: int = 0,
-    device: str = "cpu",
     progress: bool = True,
     on_error: str = "raise",
 ) -> dict[str, Any]:
-    """Train a Bradley–Terry reward model on ``pairs`` and save it to ``out_dir``.
+    """Train a reward model of ``config.kind`` and save it to ``out_dir`` (see
+    :func:`train_reward_model` and :func:`textenv.training.fused_head.train_fused_head`)."""
+    train = train_reward_model if config.kind == "backbone" else train_fused_head
+    return train(
+        pairs,
+        out_dir,
+        config,
+        val_pairs=val_pairs,
+        normalize_samples=normalize_samples,
+        progress=progress,
+        on_error=on_error,
+    )
+
+
+def train_reward_model(
+    pairs: Any,
+    out_dir: str | Path,
+    config: RewardModelConfig | None = None,
+    *,
+    val_pairs: Any = None,
+    normalize_samples: Sequence[tuple[str, str]] | None = None,
+    progress: bool = True,
+    on_error: str = "raise",
+    **settings: Any,
+) -> dict[str, Any]:
+    """Train a Bradley–Terry backbone reward model on ``pairs`` and save it to ``out_dir``.
 
     ``pairs``: a preference source (path, rows, dataset, or :class:`PreferencePair` list).
-    ``val_pairs``: explicit validation pairs; otherwise ``val_fraction`` of the prompts are held
-    out (0: no validation, no early stopping). ``normalize_samples``: ``(prompt, completion)``
-    reference samples for the normalisation (default: the distinct training completions, which
-    are samples of the policy being labelled). Returns the metrics (also written to
-    ``out_dir/training_metrics.json``).
+    ``config``: a :class:`RewardModelConfig` of kind ``backbone``; keyword ``settings`` (its
+    field names: ``backbone``, ``epochs``, ``lr``, ...) override it. ``val_pairs``: explicit
+    validation pairs; otherwise ``config.val_fraction`` of the prompts are held out (0: no
+    validation, no early stopping). ``normalize_samples``: ``(prompt, completion)`` reference
+    samples for the normalisation (default: the distinct training completions, which are
+    samples of the policy being labelled). The folder is written atomically: a kill leaves the
+    previous folder or the new one; ``out_dir`` must be new, empty or an earlier reward model.
+    Returns the metrics (also written to ``out_dir/training_metrics.json``).
 
     Note: frozen models are cached per spec in :mod:`textenv.lm.models`; if this process already
     loaded ``out_dir`` with :func:`textenv.rewards.load_reward`, that cached copy is stale.
     """
-
-    def as_pairs(source: Any) -> list[PreferencePair]:
-        if isinstance(source, list) and all(isinstance(p, PreferencePair) for p in source):
-            return source
-        return list(read_preferences(source, on_error=on_error))
-
-    all_pairs = as_pairs(pairs)
+    config = RewardModelConfig.from_kwargs("backbone", config, **settings)
+    out = check_dir_target(out_dir, RM_MARKERS)  # fail before training, not at the save
+    all_pairs = as_pairs(pairs, on_error)
     if val_pairs is not None:
-        train, val = all_pairs, as_pairs(val_pairs)
+        train, val = all_pairs, as_pairs(val_pairs, on_error)
     else:
-        train, val = split_by_prompt(all_pairs, val_fraction, seed)
+        train, val = split_by_prompt(all_pairs, config.val_fraction, config.seed)
     if not train:
         raise ValueError("no training pairs")
-    if epochs < 1 or batch_size < 1:
-        raise ValueError("epochs and batch_size must be ≥ 1")
 
-    out = Path(out_dir)
-    torch.manual_seed(seed)
-    model, tokenizer = load_backbone(backbone, device)
+    device = config.device
+    torch.manual_seed(config.seed)
+    model, tokenizer = load_backbone(config.backbone, device)
     positions = _max_positions(model)
-    max_length = min(max_length, positions) if positions else max_length
-    encoder = _Encoder(tokenizer, max_length)
+    encoder = _Encoder(tokenizer, min(config.max_length, positions or config.max_length))
+    texts = {
+        split: ([p.prompt + p.chosen for p in ps], [p.prompt + p.rejected for p in ps])
+        for split, ps in (("train", train), ("val", val))
+    }
 
-    def texts(ps: list[PreferencePair]) -> tuple[list[str], list[str], np.ndarray]:
-        return (
-            [p.prompt + p.chosen for p in ps],
-            [p.prompt + p.rejected for p in ps],
-            np.array([(p.margin or 0.0) if use_margin else 0.0 for p in ps], dtype=np.float32),
+    def rewards(split: str, rows: np.ndarray) -> tuple[Any, Any]:
+        chosen, rejected = texts[split]
+        r = _forward(
+            model, encoder, [chosen[i] for i in rows] + [rejected[i] for i in rows], device
         )
+        return r[: len(rows)], r[len(rows) :]
 
-    tr_c, tr_r, tr_m = texts(train)
-    va_c, va_r, va_m = texts(val)
-
-    def validate() -> dict[str, float]:
-        rc, rr = _score_all(model, encoder, va_c, device), _score_all(model, encoder, va_r, device)
-        return _pair_metrics(rc, rr, va_m)
-
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay
+    fit = fit_bradley_terry(
+        model,
+        rewards,
+        margins(train, config.use_margin),
+        margins(val, config.use_margin),
+        config,
+        progress=progress,
     )
-    rng = np.random.default_rng([seed, 17])
-    history: list[dict[str, Any]] = []
-    if val:
-        history.append({"epoch": 0, **{f"val_{k}": v for k, v in validate().items()}})
-    best_loss, best_epoch, best_state, bad = math.inf, 0, None, 0
-    start = time.perf_counter()
-    n_batches = math.ceil(len(train) / batch_size)
-    stopped_early = False
-    for epoch in range(1, epochs + 1):
-        order = rng.permutation(len(train))
-        sum_loss = sum_acc = 0.0
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False)
-        for b in range(n_batches):
-            idx = order[b * batch_size : (b + 1) * batch_size]
-            batch_texts = [tr_c[i] for i in idx] + [tr_r[i] for i in idx]
-            r = _forward(model, encoder, batch_texts, device)
-            rc, rr = r[: len(idx)], r[len(idx) :]
-            margin = torch.as_tensor(tr_m[idx], device=r.device)
-            bt = -torch.nn.functional.logsigmoid(rc - rr - margin).mean()
-            loss = bt + center_coef * ((rc + rr) ** 2).mean() if center_coef else bt
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
-            acc = ((rc > rr).float() + 0.5 * (rc == rr).float()).mean().item()
-            sum_loss += bt.item() * len(idx)
-            sum_acc += acc * len(idx)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{bt.item():.3f}", acc=f"{acc:.2f}")
-        if bar is not None:
-            bar.close()
-        row: dict[str, Any] = {
-            "epoch": epoch,
-            "train_loss": sum_loss / len(train),
-            "train_accuracy": sum_acc / len(train),
-            "time_s": time.perf_counter() - start,
-        }
-        if val:
-            row.update({f"val_{k}": v for k, v in validate().items()})
-        history.append(row)
-        if progress:
-            shown = "  ".join(
-                f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "time_s")
-            )
-            print(f"epoch {epoch}: {shown}  ({row['time_s']:.1f} s)", flush=True)
-        if not val:
-            continue
-        if row["val_loss"] < best_loss - 1e-4:
-            best_loss, best_epoch, bad = row["val_loss"], epoch, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            bad += 1
-            if bad >= patience:
-                stopped_early = True
-                break
-    train_time = time.perf_counter() - start
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    final_epoch = best_epoch if val else len(history)
 
     mean, std = 0.0, 1.0
-    if normalize:
+    if config.normalize:
         if normalize_samples is None:
-            samples = list(dict.fromkeys(tr_c + tr_r))
+            samples = list(dict.fromkeys(texts["train"][0] + texts["train"][1]))
         else:
             samples = [p + c for p, c in normalize_samples]
         scores = _score_all(model, encoder, samples, device)
@@ -381,39 +294,21 @@ def train_reward_model(
         std = float(scores.std()) if scores.size > 1 and scores.std() > 1e-8 else 1.0
     model.config.reward_mean = mean
     model.config.reward_std = std
+    metrics = summary(
+        config,
+        fit,
+        n_train=len(train),
+        n_val=len(val),
+        reward_mean=mean,
+        reward_std=std,
+        parameters=sum(p.numel() for p in model.parameters()),
+        out_dir=str(out),
+    )
 
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    best = next((h for h in history if h["epoch"] == final_epoch), history[-1])
-    metrics: dict[str, Any] = {
-        "backbone": backbone,
-        "out_dir": str(out),
-        "n_train": len(train),
-        "n_val": len(val),
-        "epochs_run": history[-1]["epoch"],
-        "best_epoch": final_epoch,
-        "stopped_early": stopped_early,
-        "train_time_s": train_time,
-        "val_accuracy": best.get("val_accuracy"),
-        "val_loss": best.get("val_loss"),
-        "train_accuracy": best.get("train_accuracy"),
-        "reward_mean": mean,
-        "reward_std": std,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "config": {
-            "batch_size": batch_size,
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "epochs": epochs,
-            "patience": patience,
-            "center_coef": center_coef,
-            "use_margin": use_margin,
-            "max_length": max_length,
-            "val_fraction": val_fraction if val_pairs is None else None,
-            "seed": seed,
-        },
-        "history": history,
-    }
-    (out / "training_metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / "training_metrics.json", metrics, indent=1)
+
+    atomic_write_dir(out, write, replaces=RM_MARKERS)
     return metrics
