@@ -1,10 +1,12 @@
-"""The package's own agents: PPO (GAE, value head), RLOO and GRPO on one shared LM-policy layer.
+"""The package's own agents: PPO (GAE, value head), RLOO and GRPO on one shared LM-policy layer,
+and DPO / IPO (offline, on preference pairs) beside them.
 
 They talk to textenv envs only through the Gymnasium API (``gym.make_vec``) and the log π
 channel. ``from agents import PPO, PPOConfig``.
 """
 
 from agents.base import Agent, AgentConfig
+from agents.dpo import DPO, DPOConfig
 from agents.grpo import GRPO, GRPOConfig
 from agents.policy import LMPolicy, Rollout, make_envs
 from agents.ppo import PPO, PPOConfig
@@ -22,6 +24,8 @@ __all__ = [
     "RLOOConfig",
     "GRPO",
     "GRPOConfig",
+    "DPO",
+    "DPOConfig",
     "ALGORITHMS",
 ]
 
@@ -29,4 +33,5 @@ ALGORITHMS: dict[str, tuple[type[Agent], type[AgentConfig]]] = {
     "ppo": (PPO, PPOConfig),
     "rloo": (RLOO, RLOOConfig),
     "grpo": (GRPO, GRPOConfig),
+    "dpo": (DPO, DPOConfig),
 }
