@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from agents.distributed import Dist
 from agents.policy import LMPolicy, Rollout, make_envs
 from textenv.files import atomic_write_dir, resolve_dir
 
@@ -115,7 +116,15 @@ class Agent:
         self.config = config  # a copy: the agent may adjust env_kwargs
         config.validate()
         self._configure_env_kwargs()
-        self.envs = make_envs(config.env_id, config.num_envs, config.env_kwargs)
+        # Data-parallel ranks (agents.distributed): num_envs / minibatch_size stay global, each
+        # rank steps num_envs / N rows of its own; one process is world_size 1.
+        self.dist = Dist.setup(config.device)
+        config.device = self.dist.device(config.device)
+        if "device" in config.env_kwargs:
+            config.env_kwargs["device"] = self.dist.device(config.env_kwargs["device"])
+        self.dist.shard_size(config.minibatch_size, "minibatch_size")
+        local_envs = self.dist.shard_size(config.num_envs, "num_envs")
+        self.envs = make_envs(config.env_id, local_envs, config.env_kwargs)
         self.env = self.envs.unwrapped
         spec = str(_checkpoint / "policy") if _checkpoint is not None else config.model
         self.policy = LMPolicy(
@@ -129,6 +138,8 @@ class Agent:
             weight_decay=0,
         )
         self.generator = torch.Generator(device=config.device)
+        self._ddp: torch.nn.Module | None = None
+        self._ddp_forwards = 0
         self.iteration = 0
         self.tokens_seen = 0
         self.schedule_tokens: int | None = None
@@ -154,7 +165,7 @@ class Agent:
         return params
 
     def _collect(self) -> Rollout:
-        return self.policy.rollout(self.generator, seed=self._iter_seed(0))
+        return self.policy.rollout(self.generator, seed=self._rank_seed(0))
 
     def _update(self, rollout: Rollout) -> dict[str, float]:
         raise NotImplementedError
@@ -166,21 +177,57 @@ class Agent:
         seq = np.random.SeedSequence([self.config.seed, self.iteration, stream])
         return int(seq.generate_state(1)[0])
 
+    def _rank_seed(self, stream: int) -> int:
+        """:meth:`_iter_seed` with this rank's offset: each rank samples its own episodes."""
+        entropy = self.dist.seed_entropy(self.config.seed, self.iteration, stream)
+        return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
     def _group_prompts(self, group_size: int) -> list[Any]:
         """``num_envs // group_size`` prompts of the env's split, each repeated ``group_size``
         times (drawn from a seed that depends only on the seed and the iteration)."""
         prompts = self.env.prompts
         rng = np.random.default_rng(self._iter_seed(2))
         idx = rng.integers(len(prompts), size=self.config.num_envs // group_size)
-        return [prompts[int(i)] for i in idx for _ in range(group_size)]
+        rows = [prompts[int(i)] for i in idx for _ in range(group_size)]
+        return rows[self.dist.local_rows(len(rows))]  # this rank's rows of the global batch
 
     def _minibatches(self) -> list[torch.Tensor]:
-        """One epoch's minibatches of row indices (shuffled with the agent's generator)."""
+        """One epoch's minibatches of row indices into the (global) rollout, shuffled with the
+        agent's generator; with N ranks every rank uses rank 0's order and takes its 1/N share
+        of each minibatch."""
         B, mb = self.config.num_envs, self.config.minibatch_size
         order = torch.randperm(B, generator=self.generator, device=self.config.device)
-        return [order[i : i + mb] for i in range(0, B, mb)]
+        order = self.dist.broadcast(order)
+        return [self.dist.shard(order[i : i + mb]) for i in range(0, B, mb)]
+
+    def _all_rows(self, fn: Any) -> Any:
+        """``fn(rows)`` (a tensor or a tuple of tensors over rows) for every row of the global
+        rollout: each rank computes its own rows and the ranks gather the results."""
+        out = fn(self.dist.local_rows(self.config.num_envs))
+        if isinstance(out, tuple):
+            return tuple(self.dist.gather_cat(x) for x in out)
+        return self.dist.gather_cat(out)
+
+    def _forward(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run the training forward ``fn(*args, **kwargs)``; with N ranks through
+        ``DistributedDataParallel``, so that :meth:`_step`'s backward averages the gradients."""
+        if not self.dist.enabled:
+            return fn(*args, **kwargs)
+        if self._ddp is None:
+            self._ddp = self.dist.wrap({"policy": self.policy.model, **self.modules()})
+        self._ddp_forwards += 1
+        return self._ddp(fn, *args, **kwargs)
 
     def _step(self, loss: torch.Tensor) -> float:
+        """One optimizer step. With N ranks, ``loss`` is this rank's share (the ranks' average
+        is the loss of the global minibatch) and its forward went through :meth:`_forward`."""
+        if self.dist.enabled and self._ddp_forwards != 1:
+            raise RuntimeError(
+                f"{type(self).__name__}: with {self.dist.world_size} ranks each gradient step "
+                f"needs exactly one training forward through Agent._forward (got "
+                f"{self._ddp_forwards}), or the ranks' gradients would not be averaged"
+            )
+        self._ddp_forwards = 0
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.parameters(), self.config.max_grad_norm)
@@ -220,7 +267,7 @@ class Agent:
         bar = tqdm(
             total=total_tokens,
             initial=min(self.tokens_seen, total_tokens),
-            disable=not self.config.progress,
+            disable=not self.config.progress or not self.dist.is_main,
             unit="tok",
             desc=self.algo,
         )
@@ -232,11 +279,14 @@ class Agent:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 t0 = time.perf_counter()
-                self.generator.manual_seed(self._iter_seed(1))
-                rollout = self._collect()
+                self.generator.manual_seed(self._rank_seed(1))
+                beta = self.env.kl_coef
+                # Every rank holds the global batch; β has seen all of its episodes.
+                rollout = self.dist.gather_rollout(self._collect())
+                self.env.kl_coef = self.dist.combine_kl_coef(beta, self.env.kl_coef)
                 t1 = time.perf_counter()
                 metrics = self._env_metrics(rollout)
-                metrics.update(self._update(rollout))
+                metrics.update(self.dist.mean_metrics(self._update(rollout)))
                 t2 = time.perf_counter()
                 self.iteration += 1
                 self.tokens_seen += rollout.num_tokens
@@ -265,7 +315,7 @@ class Agent:
     def _log(self, metrics: dict[str, float]) -> None:
         metrics = {k: float(v) for k, v in metrics.items()}
         self.history.append(metrics)
-        if self.config.log_dir is None:
+        if self.config.log_dir is None or not self.dist.is_main:
             return
         log_dir = Path(self.config.log_dir)
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -286,15 +336,19 @@ class Agent:
                     self._writer.add_scalar(key, value, step)
 
     def evaluate(self, iterations: int = 1, seed: int = 12345) -> dict[str, float]:
-        """Mean env metrics of ``iterations`` rollout batches (no training, own seeds)."""
+        """Mean env metrics of ``iterations`` rollout batches (no training, own seeds).
+
+        With N ranks every rank must call it: each plays its share of the episodes (seeds with
+        a rank offset) and all get the metrics of the whole batch."""
         gen = torch.Generator(device=self.config.device)
         out: list[dict[str, float]] = []
         beta = self.env.kl_coef
+        offset = 1_000_003 * self.dist.rank
         try:
             for i in range(iterations):
-                gen.manual_seed(seed + i)
-                rollout = self.policy.rollout(gen, seed=seed + 1000 * i)
-                out.append(self._env_metrics(rollout))
+                gen.manual_seed(seed + i + offset)
+                rollout = self.policy.rollout(gen, seed=seed + 1000 * i + offset)
+                out.append(self._env_metrics(self.dist.gather_rollout(rollout)))
         finally:  # evaluation episodes must not move an adaptive β
             self.env.kl_coef = beta
         return {k: float(np.mean([m[k] for m in out])) for k in out[0]}
@@ -303,7 +357,13 @@ class Agent:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Save atomically to ``path``: ``policy/`` (HF folder: weights + tokenizer), extra
-        modules, optimizer, RNG states, counters and config (``config.json``)."""
+        modules, optimizer, RNG states, counters and config (``config.json``).
+
+        With N ranks every rank calls it; rank 0 writes (the state is the same on all ranks and
+        does not depend on N) and the others wait until the folder is complete."""
+        if not self.dist.is_main:
+            self.dist.barrier()
+            return Path(path)
 
         def write(tmp: Path) -> None:
             self.policy.model.save_pretrained(tmp / "policy")
@@ -323,7 +383,9 @@ class Agent:
             torch.save(state, tmp / "agent.pt")
             (tmp / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
 
-        return atomic_write_dir(path, write)
+        saved = atomic_write_dir(path, write)
+        self.dist.barrier()
+        return saved
 
     def _save_extra(self, folder: Path) -> None:
         """Extra HF folders (a separate value model)."""

@@ -172,14 +172,15 @@ class GRPO(Agent):
         ref = torch.as_tensor(rollout.ref_logprobs, dtype=torch.float32, device=mask.device)
         ref = torch.where(mask, ref.nan_to_num(0.0), 0.0)
         with torch.no_grad():
-            old_logprobs = self.policy.score(rollout)
+            old_logprobs = self._all_rows(lambda rows: self.policy.score(rollout, rows))
         stats: dict[str, list[float]] = {
             k: [] for k in ("loss", "kl", "clip_low", "clip_high", "approx_kl", "grad")
         }
         for _epoch in range(cfg.epochs):
             for rows in self._minibatches():
                 m = mask[rows]
-                logprobs = self.policy.score(rollout, rows)
+                share = self.dist.token_share(m)  # token means → this rank's share (1 alone)
+                logprobs = self._forward(self.policy.score, rollout, rows)
                 logratio = logprobs - old_logprobs[rows]
                 adv = advantages[rows, None]
                 loss, ratio, kl = grpo_loss(
@@ -193,15 +194,18 @@ class GRPO(Agent):
                     beta=beta,
                     loss_type=cfg.loss_type,
                 )
+                if cfg.loss_type == "bnpo":  # a token mean; the other two average rows, and
+                    loss = loss * share  # every rank has minibatch_size / N of them
                 stats["grad"].append(self._step(loss))
                 with torch.no_grad():
                     stats["loss"].append(float(loss))
-                    stats["kl"].append(float(masked_mean(kl, m)))
-                    stats["approx_kl"].append(float(masked_mean((ratio - 1) - logratio, m)))
+                    stats["kl"].append(float(masked_mean(kl, m) * share))
+                    approx_kl = masked_mean((ratio - 1) - logratio, m) * share
+                    stats["approx_kl"].append(float(approx_kl))
                     low = (ratio < 1 - cfg.epsilon_low) & (adv < 0)
                     high = (ratio > 1 + cfg.epsilon_high) & (adv > 0)
-                    stats["clip_low"].append(float(masked_mean(low.float(), m)))
-                    stats["clip_high"].append(float(masked_mean(high.float(), m)))
+                    stats["clip_low"].append(float(masked_mean(low.float(), m) * share))
+                    stats["clip_high"].append(float(masked_mean(high.float(), m) * share))
         mean = {k: sum(v) / max(len(v), 1) for k, v in stats.items()}
         return {
             "loss/policy": mean["loss"],

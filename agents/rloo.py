@@ -76,24 +76,26 @@ class RLOO(Agent):
         if cfg.normalize_advantages:
             advantages = advantages / (advantages.std() + 1e-8)
         with torch.no_grad():
-            old_logprobs = self.policy.score(rollout)
+            old_logprobs = self._all_rows(lambda rows: self.policy.score(rollout, rows))
         losses, approx_kls, clipfracs, grads = [], [], [], []
         for _epoch in range(cfg.epochs):
             for rows in self._minibatches():
                 m = mask[rows]
-                logprobs = self.policy.score(rollout, rows)
+                share = self.dist.token_share(m)  # token means → this rank's share (1 alone)
+                logprobs = self._forward(self.policy.score, rollout, rows)
                 logratio = logprobs - old_logprobs[rows]
                 # The token-level policy gradient −A·log π, as PPO's clipped ratio (same gradient
                 # on-policy; safe when epochs > 1).
                 loss, ratio = clipped_policy_loss(
                     logprobs, old_logprobs[rows], advantages[rows, None], m, cfg.clip_eps
                 )
+                loss = loss * share
                 grads.append(self._step(loss))
                 with torch.no_grad():
                     losses.append(float(loss))
-                    approx_kls.append(float(masked_mean((ratio - 1) - logratio, m)))
+                    approx_kls.append(float(masked_mean((ratio - 1) - logratio, m) * share))
                     clip = ((ratio - 1).abs() > cfg.clip_eps).float()
-                    clipfracs.append(float(masked_mean(clip, m)))
+                    clipfracs.append(float(masked_mean(clip, m) * share))
         n = max(len(losses), 1)
         return {
             "loss/policy": sum(losses) / n,

@@ -284,7 +284,8 @@ def create_app(
     assets = {path: ((STATIC / name).read_bytes(), kind) for path, (name, kind) in _ASSETS.items()}
 
     def respond(request: Request, payload: Any, status: int = 200) -> Response:
-        labeller, set_cookie = _labeller(request)
+        # The labeller id was decided once per request (a new one is random).
+        labeller, set_cookie = request.state.labeller
         response = JSONResponse(payload, status)
         if set_cookie:
             response.set_cookie(COOKIE, labeller, max_age=365 * 86400, samesite="strict")
@@ -303,14 +304,16 @@ def create_app(
         return endpoint
 
     async def get_state(request: Request) -> Response:
-        labeller, _ = _labeller(request)
+        request.state.labeller = _labeller(request)
+        labeller = request.state.labeller[0]
         with state.lock:
             payload = state.state(labeller)
         return respond(request, payload)
 
     def action(name: str) -> Any:
         async def endpoint(request: Request) -> Response:
-            labeller, _ = _labeller(request)
+            request.state.labeller = _labeller(request)
+            labeller = request.state.labeller[0]
             kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
             if kind != "application/json":
                 return respond(request, {"error": "send JSON (application/json)"}, 415)

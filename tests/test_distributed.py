@@ -1,0 +1,211 @@
+"""Data-parallel training on torch.distributed (gloo, CPU): the same update with N ranks as with
+one process, torchrun end to end (``textenv train --nproc 2``, resume with another N), and a
+failing rank that stops the job with its error instead of hanging."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import fields, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as tdist
+import torch.multiprocessing as mp
+
+from agents import GRPO, PPO, RLOO, GRPOConfig, PPOConfig, RLOOConfig
+from agents.__main__ import build_parser, to_argv
+from agents.distributed import LOCAL, Dist, init_distributed
+from agents.policy import Rollout
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+B, MB = 16, 8  # global batch and minibatch: 2 ranks take 8 rows, 4 per minibatch
+COMMON = dict(
+    env_id="textenv/Sort-v0", num_envs=B, minibatch_size=MB, epochs=2, lr=1e-3, seed=0,
+    progress=False,
+)  # fmt: skip
+# Every global statistic the ranks must share: PPO's advantage whitening and token-mean losses,
+# GRPO's batch std and token-level loss (bnpo) or per-sequence loss, RLOO's batch std.
+CASES = {
+    "ppo": (PPO, PPOConfig, {}),
+    "grpo_bnpo_batch": (GRPO, GRPOConfig, dict(group_size=4, loss_type="bnpo", scale_rewards="batch")),
+    "grpo_seq": (GRPO, GRPOConfig, dict(group_size=4, loss_type="grpo", beta=0.1)),
+    "rloo": (RLOO, RLOOConfig, dict(k=4, epochs=2, normalize_advantages=True)),
+}  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rows(rollout: Rollout, rows: slice) -> Rollout:
+    """The rollout's ``rows`` (every per-row field sliced)."""
+    out = {}
+    for f in fields(rollout):
+        value = getattr(rollout, f.name)
+        if isinstance(value, torch.Tensor | np.ndarray | list):
+            out[f.name] = value[rows]
+        elif isinstance(value, dict):
+            out[f.name] = {k: v[rows] for k, v in value.items()}
+    return replace(rollout, **out)
+
+
+def _replay_agent(name: str, rollout_file: Path):
+    """An agent of case ``name`` whose rollouts replay this rank's rows of a saved batch."""
+    agent_cls, config_cls, extra = CASES[name]
+
+    class Replay(agent_cls):
+        def _collect(self) -> Rollout:
+            full = torch.load(rollout_file, weights_only=False)
+            return _rows(full, self.dist.local_rows(B))
+
+    return Replay(config_cls(**{**COMMON, **extra}))
+
+
+def _train_once(name: str, rollout_file: Path) -> dict:
+    agent = _replay_agent(name, rollout_file)
+    agent.learn(10**9, iterations=1)  # 2 epochs × 2 minibatches: 4 optimizer steps
+    state = {f"policy.{k}": v.detach().clone() for k, v in agent.policy.model.state_dict().items()}
+    for mod_name, module in agent.modules().items():
+        state.update(
+            {f"{mod_name}.{k}": v.detach().clone() for k, v in module.state_dict().items()}
+        )
+    out = {"params": state, "metrics": agent.history[-1], "tokens": agent.tokens_seen}
+    agent.close()
+    return out
+
+
+def _rank_main(rank: int, world: int, port: int, folder: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    init_distributed("cpu", timeout_s=120)
+    try:
+        for name in CASES:
+            result = _train_once(name, Path(folder) / "rollout.pt")
+            torch.save(result, Path(folder) / f"{name}-rank{rank}.pt")
+    finally:
+        tdist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def rollout_file(tmp_path_factory) -> Path:
+    """One batch of B real episodes (Sort-v0, the initial policy), shared by every run."""
+    folder = tmp_path_factory.mktemp("dist")
+    agent = PPO(PPOConfig(**COMMON))
+    agent.generator.manual_seed(123)
+    rollout = agent._collect()
+    agent.close()
+    assert len(set(rollout.mask.sum(-1).tolist())) > 1  # lengths differ: token means matter
+    torch.save(rollout, folder / "rollout.pt")
+    return folder / "rollout.pt"
+
+
+@pytest.fixture(scope="module")
+def two_rank_results(rollout_file) -> dict:
+    """Every case trained for one iteration on 2 gloo ranks (real processes), B/2 rows each."""
+    folder = rollout_file.parent
+    mp.start_processes(
+        _rank_main, args=(2, _free_port(), str(folder)), nprocs=2, start_method="fork"
+    )
+    return {
+        name: [torch.load(folder / f"{name}-rank{r}.pt", weights_only=False) for r in range(2)]
+        for name in CASES
+    }
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_two_ranks_take_the_same_step_as_one_process(name, rollout_file, two_rank_results):
+    start = _replay_agent(name, rollout_file)
+    before = {f"policy.{k}": v.detach().clone() for k, v in start.policy.model.state_dict().items()}
+    start.close()
+    one = _train_once(name, rollout_file)
+    ranks = two_rank_results[name]
+    # The ranks stay identical to each other (DDP averaged the same gradients everywhere).
+    for key, value in ranks[0]["params"].items():
+        assert torch.equal(value, ranks[1]["params"][key]), key
+    # ... and equal to one process on the whole batch, while the step itself is far larger.
+    moved = max(float((one["params"][k] - v).abs().max()) for k, v in before.items())
+    assert moved > 1e-3
+    for key, value in one["params"].items():
+        torch.testing.assert_close(ranks[0]["params"][key], value, rtol=1e-4, atol=2e-6, msg=key)
+    assert ranks[0]["tokens"] == one["tokens"]  # the global batch's tokens
+    for key in ("loss/policy", "policy/approx_kl", "policy/grad_norm", "env/return", "env/kl"):
+        if key in one["metrics"]:
+            assert ranks[0]["metrics"][key] == pytest.approx(
+                one["metrics"][key], rel=1e-4, abs=1e-6
+            )
+            assert ranks[1]["metrics"][key] == ranks[0]["metrics"][key]
+
+
+def test_one_process_is_world_size_one():
+    assert not LOCAL.enabled and LOCAL.is_main and init_distributed() is LOCAL
+    x = torch.arange(6.0)
+    assert LOCAL.gather_cat(x) is x and LOCAL.all_reduce_sum(x) is x and LOCAL.broadcast(x) is x
+    assert LOCAL.local_rows(8) == slice(0, 8)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]], dtype=torch.bool)
+    assert float(LOCAL.token_share(mask)) == 1.0
+    assert LOCAL.combine_kl_coef(0.1, 0.12) == 0.12
+
+
+def test_rank_arithmetic_and_errors():
+    second = Dist(rank=1, world_size=2)
+    assert second.local_rows(16) == slice(8, 16)
+    assert second.shard(torch.arange(8)).tolist() == [4, 5, 6, 7]
+    assert second.seed_entropy(0, 3, 1) == [0, 3, 1, 1] and LOCAL.seed_entropy(0, 3, 1) == [0, 3, 1]
+    assert second.device("cuda") == "cuda:0" and second.device("cpu") == "cpu"
+    with pytest.raises(ValueError, match=r"num_envs=15 is not divisible by the number of ranks"):
+        second.shard_size(15, "num_envs")
+    with pytest.raises(ValueError, match="rank 2 is not in"):
+        Dist(rank=2, world_size=2)
+
+
+def test_train_options_reach_the_ranks():
+    args = build_parser().parse_args(
+        ["--algo", "grpo", "--out", "ck", "--config", '{"lr": 0.1}', "--resume", "--seed", "3"]
+    )
+    again = build_parser().parse_args(to_argv(args))
+    assert vars(again) == vars(args)
+
+
+def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+FAILING_RANK = """
+import sys
+from agents import GRPO, GRPOConfig
+from agents.distributed import init_distributed
+
+dist = init_distributed("cpu", timeout_s=float(sys.argv[1]))
+agent = GRPO(GRPOConfig(env_id="textenv/Sort-v0", num_envs=8, minibatch_size=4, group_size=4,
+                        epochs=1, progress=False))
+if dist.rank == 1:
+    raise RuntimeError("rank 1 fails on purpose")
+agent.learn(10**9)  # rank 0 waits for rank 1 in the first collective
+"""
+
+
+def test_a_failing_rank_stops_the_job_with_its_error(tmp_path):
+    script = tmp_path / "fail.py"
+    script.write_text(textwrap.dedent(FAILING_RANK))
+    timeout = 300  # the process-group timeout: the job must end long before it
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    t0 = time.monotonic()
+    proc = _run([*cmd, str(script), str(timeout)], timeout=timeout - 60)
+    elapsed = time.monotonic() - t0
+    assert proc.returncode != 0
+    assert "rank 1 fails on purpose" in proc.stdout + proc.stderr
+    assert elapsed < timeout / 2
