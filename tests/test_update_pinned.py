@@ -4,7 +4,9 @@ The update path (old log-probs and values, the minibatch forwards, the model's k
 made faster, but not different beyond floating-point noise. ``EXPECTED`` was produced by running
 ``python tests/test_update_pinned.py`` on the code before those optimisations (commit 4ebd42a
 plus this file), on one torch thread: two iterations of 16 episodes on ``textenv/Sort-v0``
-(seed 0), the second of which samples from the policy the first update produced. The tolerance
+(seed 0), the second of which samples from the policy the first update produced.
+``env/train_return`` is the mean of the rewards the agent trained on (it was logged as
+``env/return`` when the numbers were produced). The tolerance
 is float noise (a reordered sum or a fused kernel moves the 6th digit), far below what a real
 change of the update does (a different loss or a skipped step moves the 1st-3rd digit).
 """
@@ -21,8 +23,20 @@ from agents import GRPO, PPO, GRPOConfig, PPOConfig
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 KEYS = {
-    "ppo": ("loss/policy", "loss/value", "policy/approx_kl", "policy/grad_norm", "env/return"),
-    "grpo": ("loss/policy", "grpo/kl_k3", "policy/approx_kl", "policy/grad_norm", "env/return"),
+    "ppo": (
+        "loss/policy",
+        "loss/value",
+        "policy/approx_kl",
+        "policy/grad_norm",
+        "env/train_return",
+    ),
+    "grpo": (
+        "loss/policy",
+        "grpo/kl_k3",
+        "policy/approx_kl",
+        "policy/grad_norm",
+        "env/train_return",
+    ),
 }
 EXPECTED = {
     "ppo": {
@@ -30,14 +44,14 @@ EXPECTED = {
         "loss/value": 0.054884031880646944,
         "policy/approx_kl": 0.033525166567415,
         "policy/grad_norm": 6.2218217253685,
-        "env/return": 0.2954968810081482,
+        "env/train_return": 0.2954968810081482,
     },
     "grpo": {
         "loss/policy": -0.006537884473800659,
         "grpo/kl_k3": 0.0902781505137682,
         "policy/approx_kl": 0.015908739995211363,
         "policy/grad_norm": 4.08698958158493,
-        "env/return": 0.5180555582046509,
+        "env/train_return": 0.5180555582046509,
     },
 }
 EXPECTED_WEIGHTS = {"ppo": 76.19636948406696, "grpo": 68.26800336875021}

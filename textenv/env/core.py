@@ -31,7 +31,7 @@ from textenv.lm.sampling import (
     sequence_logprobs,
 )
 from textenv.rewards import check_scores, check_user_reward, load_reward, score
-from textenv.rewards.fused import FusedRewardHead, logprobs_and_reward
+from textenv.rewards.capabilities import reads_token_ids, shares_reference_forward
 
 __all__ = ["EpisodeBatch", "Finished"]
 
@@ -64,10 +64,23 @@ class EpisodeBatch:
         self.reference = load_frozen_causal_lm(config.reference, config.device, config.dtype)
         self.reward_fn = load_reward(config.reward, config.device, config.dtype)
         self.gold_fn = load_reward(config.gold, config.device) if config.gold else None
-        fused = isinstance(self.reward_fn, FusedRewardHead)
-        self.fused_reward = (
-            self.reward_fn if fused and self.reward_fn.model is self.reference else None
+        # Rewards are known by what they can do (textenv.rewards.capabilities): one that reads
+        # this reference's own forward gives log ρ with its scores (one forward, not two); one
+        # that reads this tokenizer's ids gets the generated ids (no decode and re-tokenise).
+        ref_param = next(self.reference.parameters())
+        self.shared_forward_reward = (
+            self.reward_fn
+            if shares_reference_forward(
+                self.reward_fn, config.reference, ref_param.device, ref_param.dtype
+            )
+            else None
         )
+        self.reward_reads_ids = reads_token_ids(self.reward_fn, self.tokenizer)
+        self.gold_reads_ids = self.gold_fn is not None and reads_token_ids(
+            self.gold_fn, self.tokenizer
+        )
+        # Decoding with skip_special_tokens drops these; the ids handed to a reward drop them too.
+        self._special_ids = np.asarray(sorted(set(self.tokenizer.all_special_ids)), dtype=np.int64)
         self.prompts: list[Prompt] = load_prompts(
             config.prompts, config.split, eval_fraction=config.eval_fraction
         )
@@ -250,38 +263,29 @@ class EpisodeBatch:
         rm = None
         if self.incremental:
             ref = self.step_ref[rows].copy()
-        elif self.fused_reward is not None:
-            # The reward head shares the reference's trunk: log ρ and the reward in one forward.
-            gen = torch.as_tensor(self.obs_ids[rows, self.P : self.P + width], device=self.device)
-            gen_mask = torch.as_tensor(
-                self.obs_mask[rows, self.P : self.P + width], device=self.device
-            )
-            lp, rm = logprobs_and_reward(
-                self.fused_reward,
-                torch.as_tensor(self.obs_ids[rows, : self.P], device=self.device),
-                torch.as_tensor(self.obs_mask[rows, : self.P], device=self.device),
-                gen,
-                gen_mask,
-                self.config.temperature,
-            )
-            rm = check_scores(rm, len(rows), name=f"fused reward head {self.config.reward!r}")
-            ref = np.full((len(rows), self.N), np.nan)
-            ref[:, :width] = lp.double().cpu().numpy()
-            ref[:, :width][gen_mask.cpu().numpy() == 0] = np.nan
         else:
+            prompt_ids = torch.as_tensor(self.obs_ids[rows, : self.P], device=self.device)
+            prompt_mask = torch.as_tensor(self.obs_mask[rows, : self.P], device=self.device)
             gen = torch.as_tensor(self.obs_ids[rows, self.P : self.P + width], device=self.device)
             gen_mask = torch.as_tensor(
                 self.obs_mask[rows, self.P : self.P + width], device=self.device
             )
             with torch.no_grad():
-                lp = sequence_logprobs(
-                    self.reference,
-                    torch.as_tensor(self.obs_ids[rows, : self.P], device=self.device),
-                    torch.as_tensor(self.obs_mask[rows, : self.P], device=self.device),
-                    gen,
-                    gen_mask,
-                    self.config.temperature,
-                )
+                if self.shared_forward_reward is not None:
+                    # The reward reads the reference's forward: log ρ and the reward from one.
+                    lp, rm = self.shared_forward_reward.reference_logprobs_and_scores(
+                        prompt_ids, prompt_mask, gen, gen_mask, self.config.temperature
+                    )
+                    rm = check_scores(rm, len(rows), name=f"reward model {self.config.reward!r}")
+                else:
+                    lp = sequence_logprobs(
+                        self.reference,
+                        prompt_ids,
+                        prompt_mask,
+                        gen,
+                        gen_mask,
+                        self.config.temperature,
+                    )
             ref = np.full((len(rows), self.N), np.nan)
             ref[:, :width] = lp.double().cpu().numpy()
             ref[:, :width][gen_mask.cpu().numpy() == 0] = np.nan
@@ -295,19 +299,24 @@ class EpisodeBatch:
         for r, n in zip(rows, n_tok):
             ids = self.obs_ids[r, self.P : self.P + n]
             texts.append(self.tokenizer.decode(ids, skip_special_tokens=True))
+        token_rows = (
+            self._token_rows(rows, n_tok) if self.reward_reads_ids or self.gold_reads_ids else None
+        )
         if rm is None:
-            rm = score(
-                self.reward_fn,
-                prompts,
-                texts,
-                metadata,
-                name=f"reward model {self.config.reward!r}",
-            )
+            name = f"reward model {self.config.reward!r}"
+            if self.reward_reads_ids:
+                raw = self.reward_fn.score_token_ids(*token_rows, metadata)
+                rm = check_scores(raw, len(rows), name=name)
+            else:
+                rm = score(self.reward_fn, prompts, texts, metadata, name=name)
         gold = None
         if self.gold_fn is not None:
-            gold = score(
-                self.gold_fn, prompts, texts, metadata, name=f"gold scorer {self.config.gold!r}"
-            )
+            name = f"gold scorer {self.config.gold!r}"
+            if self.gold_reads_ids:
+                raw = self.gold_fn.score_token_ids(*token_rows, metadata)
+                gold = check_scores(raw, len(rows), name=name)
+            else:
+                gold = score(self.gold_fn, prompts, texts, metadata, name=name)
         penalty = np.zeros(len(rows))
         if self.config.missing_eos_penalty is not None:
             penalty = np.where(truncated[rows], float(self.config.missing_eos_penalty), 0.0)
@@ -327,6 +336,18 @@ class EpisodeBatch:
             num_tokens=n_tok,
             penalty=penalty,
         )
+
+    def _token_rows(
+        self, rows: np.ndarray, n_tok: np.ndarray
+    ) -> tuple[list[list[int]], list[list[int]]]:
+        """What an ids-reading reward gets: each row's prompt ids (no padding) and generated
+        ids without special tokens (what the decoded text holds)."""
+        prompts, completions = [], []
+        for r, n in zip(rows, n_tok):
+            prompts.append(self.obs_ids[r, : self.P][self.obs_mask[r, : self.P] == 1].tolist())
+            ids = self.obs_ids[r, self.P : self.P + n]
+            completions.append(ids[~np.isin(ids, self._special_ids)].tolist())
+        return prompts, completions
 
     def _final_reward(self, fin: Finished) -> np.ndarray:
         mode = self.config.kl_reward

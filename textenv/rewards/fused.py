@@ -32,8 +32,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from textenv.lm.models import load_frozen_causal_lm, load_tokenizer
-from textenv.lm.sampling import position_ids_from_mask
+from textenv.lm.models import load_frozen_causal_lm, load_tokenizer, same_tokenizer
+from textenv.lm.padding import forward_left_padded, left_pad
+from textenv.lm.sampling import completion_logprobs
 
 __all__ = [
     "FusedRewardHead",
@@ -76,7 +77,12 @@ def make_mlp(in_features: int, width: int) -> torch.nn.Module:
 
 
 class FusedRewardHead:
-    """Reward = normalised mean per-token MLP score on the frozen reference's features."""
+    """Reward = normalised mean per-token MLP score on the frozen reference's features.
+
+    It has both capabilities of :mod:`textenv.rewards.capabilities`: it shares the reference's
+    forward (:meth:`shares_reference`, :meth:`reference_logprobs_and_scores`) and reads the
+    reference tokenizer's ids (:meth:`reads_token_ids`, :meth:`score_token_ids`).
+    """
 
     def __init__(
         self,
@@ -110,12 +116,8 @@ class FusedRewardHead:
     @torch.no_grad()
     def features(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Per-token features ``(B, T, 2d)`` of left-padded rows."""
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=position_ids_from_mask(mask),
-            output_hidden_states=True,
-            logits_to_keep=1,
+        out = forward_left_padded(
+            self.model, ids, mask, output_hidden_states=True, logits_to_keep=1
         )
         return token_features(out.hidden_states)
 
@@ -124,26 +126,74 @@ class FusedRewardHead:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Left-padded ``prompt_ids + completion_ids`` (each part tokenised on its own, as the
         env lays them out), left-truncated to the model's positions, with the completion mask."""
+        eos = self.tokenizer.eos_token_id
+        prompt_rows = [
+            self.tokenizer(p, add_special_tokens=False)["input_ids"] or [eos] for p in prompts
+        ]
+        completion_rows = [
+            self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions
+        ]
+        return self.encode_ids(prompt_rows, completion_rows, max_length)
+
+    def encode_ids(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        completion_ids: Sequence[Sequence[int]],
+        max_length: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`encode` from token ids: ``(ids, mask, completion_mask)``, left-padded."""
         limit = max_length or getattr(self.model.config, "n_positions", 1024)
         eos = self.tokenizer.eos_token_id
-        rows = []
-        for p, c in zip(prompts, completions):
-            prompt = self.tokenizer(p, add_special_tokens=False)["input_ids"] or [eos]
-            completion = self.tokenizer(c, add_special_tokens=False)["input_ids"]
-            ids = (prompt + completion)[-limit:]
-            rows.append((ids, min(len(completion), len(ids))))
-        width = max(len(r) for r, _ in rows)
-        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        completion_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, (r, n_completion) in enumerate(rows):
-            ids[i, width - len(r) :] = torch.tensor(r)
-            mask[i, width - len(r) :] = 1
-            if n_completion:
-                completion_mask[i, width - n_completion :] = 1
-        completion_mask &= (ids != eos).long()
+        rows, n_completion = [], []
+        for prompt, completion in zip(prompt_ids, completion_ids):
+            ids = (list(prompt) + list(completion))[-limit:]
+            rows.append(ids)
+            n_completion.append(min(len(completion), len(ids)))
         device = next(self.mlp.parameters()).device
-        return ids.to(device), mask.to(device), completion_mask.to(device)
+        ids, mask = left_pad(rows, self.tokenizer.pad_token_id, device=device)
+        # The last n_completion real positions of each row (the rows end at the right edge).
+        from_end = torch.arange(ids.shape[1] - 1, -1, -1, device=device)
+        counts = torch.tensor(n_completion, device=device)
+        completion_mask = ((from_end[None, :] < counts[:, None]) & (ids != eos)).long()
+        return ids, mask, completion_mask
+
+    # ------------------------------------------------------------------ capabilities
+
+    def reads_token_ids(self, tokenizer: Any) -> bool:
+        return same_tokenizer(self.tokenizer, tokenizer)
+
+    @torch.no_grad()
+    def score_token_ids(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        completion_ids: Sequence[Sequence[int]],
+        metadata: list[dict[str, Any]],
+    ) -> np.ndarray:
+        """Scores of token-id rows (the reference tokenizer's ids), one forward."""
+        self.calls += 1
+        ids, mask, completion_mask = self.encode_ids(prompt_ids, completion_ids)
+        return self.score_features(self.features(ids, mask), completion_mask, mask)
+
+    def shares_reference(self, spec: str, device: torch.device, dtype: torch.dtype) -> bool:
+        """The head reads the reference ``spec`` on ``device`` in ``dtype`` (its trunk's)."""
+        param = next(self.model.parameters())
+        return (
+            str(spec) == str(self.reference_spec)
+            and torch.device(device) == param.device
+            and dtype == param.dtype
+        )
+
+    def reference_logprobs_and_scores(
+        self,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        completion_ids: torch.Tensor,
+        completion_mask: torch.Tensor,
+        temperature: float = 1.0,
+    ) -> tuple[torch.Tensor, np.ndarray]:
+        return logprobs_and_reward(
+            self, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature
+        )
 
     @torch.no_grad()
     def __call__(
@@ -210,15 +260,10 @@ def logprobs_and_reward(
     ids = torch.cat([prompt_ids, completion_ids], dim=1)
     mask = torch.cat([prompt_mask.long(), completion_mask.long()], dim=1)
     n = completion_ids.shape[1]
-    out = head.model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=position_ids_from_mask(mask),
-        output_hidden_states=True,
-        logits_to_keep=n + 1,
+    out = forward_left_padded(
+        head.model, ids, mask, output_hidden_states=True, logits_to_keep=n + 1
     )
-    logits = out.logits[:, :-1].float() / temperature
-    logprobs = torch.log_softmax(logits, -1).gather(-1, completion_ids[..., None]).squeeze(-1)
+    logprobs = completion_logprobs(out.logits, completion_ids, temperature)
     completion = torch.zeros_like(mask)
     completion[:, -n:] = completion_mask.long() * (completion_ids != head.tokenizer.eos_token_id)
     head.calls += 1
