@@ -338,3 +338,24 @@ def test_registered_and_cli_train(data, tmp_path, capsys):
     resumed = DPO.load(out)
     assert resumed.tokens_seen >= 2000 and resumed.config.data == data["train"]
     assert (tmp_path / "agent-logs" / "metrics.jsonl").is_file()
+
+
+def test_main_job_with_dpo(tmp_path):
+    """`textenv run --algo dpo --quick`: no reward model, DPO on the simulated preferences,
+    evaluated like the RL path (same table, curve and plot)."""
+    from textenv.pipeline import RunConfig, run
+
+    out = run(RunConfig.quick(task="sort", algo="dpo"), tmp_path / "run")
+    assert out["reward_model"]["kind"] == "none"
+    assert not (tmp_path / "run" / "reward_model" / "rm").exists()
+    train = (tmp_path / "run" / "policy" / "pairs" / "train.jsonl").read_text().splitlines()
+    val = (tmp_path / "run" / "policy" / "pairs" / "val.jsonl").read_text().splitlines()
+    assert len(train) + len(val) == out["preferences"]["labelled"] and val
+    assert 0.0 <= out["policy"]["val_pair_accuracy"] <= 1.0
+    table = out["evaluation"]["table"]
+    assert set(table) == {"env reward", "gold", "KL"}
+    assert table["KL"]["before"]["mean"] == pytest.approx(0.0, abs=1e-4)
+    assert table["KL"]["after"]["mean"] > 0.05  # DPO moved the policy away from the reference
+    curve = json.loads((tmp_path / "run" / "policy" / "curve.json").read_text())
+    assert [p["iteration"] for p in curve] == [0, 3, 6]
+    assert (tmp_path / "run" / "evaluation" / "reward_vs_kl.png").is_file()
