@@ -8,6 +8,7 @@ import torch
 
 from textenv.env.prompts import Prompt, load_prompts
 from textenv.lm.models import load_causal_lm, load_tokenizer
+from textenv.lm.padding import left_pad_encode
 from textenv.lm.sampling import SamplingConfig, generate
 from textenv.preferences.records import Ranking
 
@@ -37,7 +38,7 @@ def sample_completions(
     Prompts are encoded like the env does (no special tokens, left-truncated to
     ``max_prompt_tokens``, left-padded); completions are decoded without special tokens, as
     the env hands them to reward models. Batched with the KV cache
-    (:func:`textenv.sampling.generate`) and seeded: the same arguments give the same file.
+    (:func:`textenv.lm.sampling.generate`) and seeded: the same arguments give the same file.
     """
 
     if k < 1:
@@ -70,20 +71,13 @@ def sample_completions(
         bar = tqdm(total=len(rows_prompt), desc="sampling", unit="completion")
     for start in range(0, len(rows_prompt), batch_size):
         chunk = rows_prompt[start : start + batch_size]
-        ids = []
-        for p in chunk:
-            enc = tokenizer(p.text, add_special_tokens=False)["input_ids"] or [eos]
-            ids.append(enc[-max_prompt_tokens:])
-        width = max(len(x) for x in ids)
-        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for r, x in enumerate(ids):
-            input_ids[r, width - len(x) :] = torch.tensor(x)
-            mask[r, width - len(x) :] = 1
+        input_ids, mask = left_pad_encode(
+            tokenizer, [p.text for p in chunk], max_prompt_tokens, device=device
+        )
         out = generate(
             model,
-            input_ids.to(device),
-            mask.to(device),
+            input_ids,
+            mask,
             max_new_tokens,
             config,
             eos_token_id=eos,

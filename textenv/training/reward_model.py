@@ -45,7 +45,7 @@ from textenv.lm.models import (
     load_tokenizer,
     parse_tiny_spec,
 )
-from textenv.lm.sampling import position_ids_from_mask
+from textenv.lm.padding import encode_texts, forward_left_padded, left_pad
 from textenv.rewards import load_reward, score
 from textenv.training.bradley_terry import (
     DEFAULT_BACKBONE,
@@ -143,28 +143,20 @@ class _Encoder:
     def ids(self, texts: Sequence[str]) -> list[list[int]]:
         new = [t for t in dict.fromkeys(texts) if t not in self.cache]
         if new:
-            enc = self.tokenizer(new, truncation=True, max_length=self.max_length)["input_ids"]
-            for t, ids in zip(new, enc):
-                self.cache[t] = list(ids) or [self.fill]  # an empty text: score EOS alone
+            # The env's reward path encodes the same way (an empty text: score EOS alone).
+            enc = encode_texts(
+                self.tokenizer, new, self.max_length, special_tokens=True, empty_id=self.fill
+            )
+            self.cache.update(zip(new, enc))
         return [self.cache[t] for t in texts]
 
     def batch(self, texts: Sequence[str], device: Any) -> tuple[Any, Any]:
-
-        seqs = self.ids(texts)
-        width = max(len(s) for s in seqs)
-        input_ids = torch.full((len(seqs), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for r, s in enumerate(seqs):
-            input_ids[r, width - len(s) :] = torch.tensor(s, dtype=torch.long)
-            mask[r, width - len(s) :] = 1
-        return input_ids.to(device), mask.to(device)
+        return left_pad(self.ids(texts), self.tokenizer.pad_token_id, device=device)
 
 
 def _forward(model: Any, encoder: _Encoder, texts: Sequence[str], device: Any) -> Any:
-
     input_ids, mask = encoder.batch(texts, device)
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids_from_mask(mask))
-    return out.logits[:, 0].float()
+    return forward_left_padded(model, input_ids, mask).logits[:, 0].float()
 
 
 def _score_all(
