@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
+from agents.policy import LMPolicy
 from textenv.env.registration import make_lockstep_envs
 from textenv.lm.models import load_causal_lm
-from textenv.lm.sampling import IncrementalLM, SamplingConfig, next_token_logprobs, sample_tokens
 
 __all__ = ["Stat", "Evaluation", "evaluate", "rollout_policy"]
 
@@ -63,43 +63,19 @@ def rollout_policy(
 ) -> dict[str, np.ndarray]:
     """One lockstep batch of episodes of ``policy`` in a ``DISABLED``-autoreset vector env.
 
-    Samples with the KV cache, reports every log π to the env, returns the final infos.
+    The agents' own rollout (:meth:`agents.policy.LMPolicy.rollout`: KV-cached sampling, every
+    log π handed to the env) at ``temperature`` (default: the env's). Returns the final infos
+    over the batch (``rm_score``, ``kl``, ``gold_score`` where the task has one, ...) with
+    ``prompt``, ``text``, ``ref_logprobs`` and ``return`` (the sum of the env's rewards).
     """
-    env = envs.unwrapped
-    B, P = envs.num_envs, env.config.max_prompt_tokens
-    sampling = SamplingConfig(temperature or env.config.temperature)
-    generator = torch.Generator().manual_seed(seed)
-    options = {"prompts": prompts} if prompts is not None else None
-    obs, _ = envs.reset(seed=seed, options=options)
-    device = next(policy.parameters()).device
-    lm = IncrementalLM(policy)
-    logits = lm.prefill(
-        torch.as_tensor(obs["input_ids"][:, :P], device=device),
-        torch.as_tensor(obs["attention_mask"][:, :P], device=device),
-    )
-    done = np.zeros(B, dtype=bool)
-    final: dict[str, np.ndarray] = {}
-    returns = np.zeros(B)
-    while not done.all():
-        tokens, logprobs = sample_tokens(next_token_logprobs(logits, sampling), generator)
-        env.set_action_logprobs(np.where(done, np.nan, logprobs.cpu().numpy()))
-        _, reward, terminated, truncated, info = envs.step(tokens.cpu().numpy())
-        returns += reward
-        for key, value in info.items():
-            if key.startswith("_") or "_" + key not in info or key == "logprob_source":
-                continue
-            rows = info["_" + key]
-            if key not in final:
-                final[key] = (
-                    np.empty(B, dtype=object)
-                    if value.dtype == object
-                    else np.full(value.shape, np.nan)
-                )
-            final[key][rows] = value[rows]
-        done |= terminated | truncated
-        if not done.all():
-            logits = lm.step(tokens, torch.as_tensor(~done, device=device))
-    final["return"] = returns
+    lm_policy = LMPolicy(envs, policy)
+    generator = torch.Generator(device=lm_policy.device).manual_seed(seed)
+    rollout = lm_policy.rollout(generator, seed=seed, prompts=prompts, temperature=temperature)
+    final = dict(rollout.final)
+    final["ref_logprobs"] = rollout.ref_logprobs
+    final["prompt"] = np.array(rollout.prompts, dtype=object)
+    final["text"] = np.array(rollout.texts, dtype=object)
+    final["return"] = rollout.rewards.double().sum(-1).cpu().numpy()
     return final
 
 
