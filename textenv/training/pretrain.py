@@ -35,6 +35,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from textenv.lm.models import BUILTIN_MODELS_DIR
+from textenv.lm.padding import left_pad_encode
+from textenv.lm.sampling import generate
 from textenv.lm.tokens import EOS_TOKEN as EOS
 from textenv.tasks import corpus, sentiment, sort
 
@@ -286,44 +288,18 @@ def train_lm(
 
 
 def _sample(model, tokenizer, prompt_texts: list[str], max_new_tokens: int, seed: int):
-    """Temperature-1 ancestral samples (one per prompt), batched by prompt length (no padding,
-    so positions are unambiguous). Returns completions (decoded, EOS removed)."""
-
-    eos = tokenizer.eos_token_id
-    enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompt_texts]
-    out: list[str | None] = [None] * len(enc)
-    by_len: dict[int, list[int]] = {}
-    for i, ids in enumerate(enc):
-        by_len.setdefault(len(ids), []).append(i)
+    """Temperature-1 ancestral samples (one per prompt), left-padded in one batch and drawn with
+    the package's sampler (:func:`textenv.lm.sampling.generate`). Returns completions (decoded,
+    EOS removed)."""
+    max_prompt = model.config.n_positions - max_new_tokens
+    ids, mask = left_pad_encode(tokenizer, prompt_texts, max_prompt)
     gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for length in sorted(by_len):
-            idx = by_len[length]
-            x = torch.tensor([enc[i] for i in idx], dtype=torch.long)
-            done = torch.zeros(len(idx), dtype=torch.bool)
-            new = []
-            past = None
-            inp = x
-            for _ in range(max_new_tokens):
-                attn = torch.ones(len(idx), x.shape[1] + len(new), dtype=torch.long)
-                # The KV cache goes positionally: transformers 5 renamed ``past_key_values`` to
-                # ``cache`` (the old name is deprecated); the second argument is it in both.
-                res = model(inp, past, attention_mask=attn, use_cache=True)
-                past = res["cache"] if "cache" in res else res["past_key_values"]
-                probs = torch.softmax(res.logits[:, -1].float(), dim=-1)
-                tok = torch.multinomial(probs, 1, generator=gen).squeeze(1)
-                tok = torch.where(done, torch.full_like(tok, eos), tok)
-                new.append(tok)
-                done |= tok == eos
-                if bool(done.all()):
-                    break
-                inp = tok[:, None]
-            gen_ids = torch.stack(new, dim=1).tolist()
-            for row, i in zip(gen_ids, idx, strict=True):
-                if eos in row:
-                    row = row[: row.index(eos)]
-                out[i] = tokenizer.decode(row)
-    return out
+    eos = tokenizer.eos_token_id
+    out = generate(model, ids, mask, max_new_tokens, eos_token_id=eos, generator=gen)
+    return [
+        tokenizer.decode([t for t in row[m].tolist() if t != eos])
+        for row, m in zip(out.tokens, out.mask)
+    ]
 
 
 def _samples_and_scores(task: str, model, tokenizer, seed: int) -> dict:
