@@ -299,6 +299,29 @@ def _wait_listening(port: int) -> None:
             time.sleep(0.05)
 
 
+def test_killed_server_loses_nothing_and_resumes(samples, tmp_path):
+    import httpx
+
+    out = tmp_path / "answers.jsonl"
+    port = _free_port()
+    server = _Server(samples, out, port)
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            s = c.get("api/state", params={"labeller": "ann"}).json()
+            q1 = s["question"]
+            s = c.post("api/answer", json={"qid": q1["qid"], "shown": q1["shown"], "order": [2]})
+            q2 = s.json()["question"]  # the response that shows the next question
+            server.kill()  # SIGKILL right after it: the answer is already on disk
+        (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+        assert row["qid"] == q1["qid"] and row["labeller"] == "ann"
+    finally:
+        server.kill()
+    # A restart (here in-process; the browser test restarts the command) resumes after it.
+    with _client(LabelSession(samples, out)) as c:
+        s = c.get("/api/state?labeller=ann").json()
+        assert s["question"]["qid"] == q2["qid"] and s["progress"]["mine"] == 1
+
+
 def test_background_server_serves_and_stops(samples, tmp_path):
     import httpx
 

@@ -70,7 +70,8 @@ __all__ = [
 ]
 
 MODES = ("auto", "pairs", "rank")
-DEFAULT_LABELLER = "terminal"
+DEFAULT_LABELLER = "terminal"  # the terminal's labeller id unless --labeller names another
+UNNAMED = "unnamed"  # rows without a "labeller" key (simulated labels, older files)
 
 
 class AnswerMismatchError(ValueError):
@@ -150,9 +151,9 @@ def _row_qid(row: dict[str, Any], where: str) -> str:
         if "completions" in row:
             comps = row["completions"]
             mode = "pairs" if row.get("tie") else "rank"
+            if not isinstance(comps, list) or len(comps) < 2:
+                raise ValueError("'completions' must be a list of at least 2 texts")
             qid = question_id(row["prompt"], comps, mode)
-            if not isinstance(comps, list) or len(set(comps)) != len(comps) or len(comps) < 2:
-                raise ValueError("'completions' must be at least 2 distinct texts")
         else:
             if row["chosen"] == row["rejected"]:
                 raise ValueError("'chosen' and 'rejected' are the same text")
@@ -181,7 +182,7 @@ class Entry:
 
     @property
     def labeller(self) -> str:
-        return str(self.row.get("labeller", DEFAULT_LABELLER))
+        return str(self.row.get("labeller", UNNAMED))
 
 
 class AnswerLog:
@@ -405,6 +406,8 @@ class LabelSession:
         return self._append(q, row, labeller, tie=True)
 
     def _check_may_answer(self, q: Question, labeller: str) -> None:
+        if not isinstance(labeller, str) or not labeller.strip():
+            raise ValueError(f"labeller must be a non-empty string, got {labeller!r}")
         why = self.refusal(q.qid, labeller)
         if why is not None:
             raise ValueError(why)
@@ -448,7 +451,8 @@ def _judgements(row: dict[str, Any], tie: bool) -> dict[tuple[str, str], int]:
     out = {}
     for a, b in itertools.combinations(order, 2):  # a ranked above b
         x, y = comps[a], comps[b]
-        out[(min(x, y), max(x, y))] = 1 if x < y else -1
+        if x != y:  # identical texts carry no preference
+            out[(min(x, y), max(x, y))] = 1 if x < y else -1
     return out
 
 
@@ -563,7 +567,7 @@ def _gold_agreement(
     gold_ties = 0
     for k, a, b in zip(keys, gx, gy):
         if a == b:
-            gold_ties += len(units[k])
+            gold_ties += sum(1 for v in units[k].values() if v != 0)
             continue
         want = 1 if a > b else -1
         for labeller, v in units[k].items():
