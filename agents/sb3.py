@@ -97,7 +97,7 @@ import textenv  # noqa: F401  (registers the ids)
 from textenv.env.registration import make_lockstep_envs
 from textenv.env.vector import TextGenVectorEnv
 from textenv.lm.models import load_causal_lm
-from textenv.lm.sampling import position_ids_from_mask
+from textenv.lm.padding import forward_left_padded
 
 __all__ = [
     "TokenFeaturesExtractor",
@@ -205,12 +205,7 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
         last = _last_index(mask)
         width = int(last.max()) + 1
         ids, mask = ids[:, :width], mask[:, :width]
-        out = self.lm.base_model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=position_ids_from_mask(mask),
-            use_cache=False,
-        )
+        out = forward_left_padded(self.lm.base_model, ids, mask, use_cache=False)
         hidden = out.last_hidden_state
         return hidden[torch.arange(ids.shape[0], device=ids.device), last].float()
 
