@@ -303,20 +303,16 @@ class EpisodeBatch:
             self._token_rows(rows, n_tok) if self.reward_reads_ids or self.gold_reads_ids else None
         )
         if rm is None:
-            name = f"reward model {self.config.reward!r}"
-            if self.reward_reads_ids:
-                raw = self.reward_fn.score_token_ids(*token_rows, metadata)
-                rm = check_scores(raw, len(rows), name=name)
-            else:
-                rm = score(self.reward_fn, prompts, texts, metadata, name=name)
+            rm = self._score(
+                self.reward_fn, self.reward_reads_ids, f"reward model {self.config.reward!r}",
+                prompts, texts, token_rows, metadata,
+            )  # fmt: skip
         gold = None
         if self.gold_fn is not None:
-            name = f"gold scorer {self.config.gold!r}"
-            if self.gold_reads_ids:
-                raw = self.gold_fn.score_token_ids(*token_rows, metadata)
-                gold = check_scores(raw, len(rows), name=name)
-            else:
-                gold = score(self.gold_fn, prompts, texts, metadata, name=name)
+            gold = self._score(
+                self.gold_fn, self.gold_reads_ids, f"gold scorer {self.config.gold!r}",
+                prompts, texts, token_rows, metadata,
+            )  # fmt: skip
         penalty = np.zeros(len(rows))
         if self.config.missing_eos_penalty is not None:
             penalty = np.where(truncated[rows], float(self.config.missing_eos_penalty), 0.0)
@@ -336,6 +332,22 @@ class EpisodeBatch:
             num_tokens=n_tok,
             penalty=penalty,
         )
+
+    @staticmethod
+    def _score(
+        reward: Any,
+        reads_ids: bool,
+        name: str,
+        prompts: list[str],
+        texts: list[str],
+        token_rows: tuple[list[list[int]], list[list[int]]] | None,
+        metadata: list[dict[str, Any]],
+    ) -> np.ndarray:
+        """Checked scores from ``reward``: of the token ids when it reads them, else of the text."""
+        if reads_ids:
+            raw = reward.score_token_ids(*token_rows, metadata)
+            return check_scores(raw, len(texts), name=name)
+        return score(reward, prompts, texts, metadata, name=name)
 
     def _token_rows(
         self, rows: np.ndarray, n_tok: np.ndarray

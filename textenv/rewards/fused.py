@@ -39,7 +39,6 @@ from textenv.lm.sampling import completion_logprobs
 __all__ = [
     "FusedRewardHead",
     "is_fused_reward_folder",
-    "logprobs_and_reward",
     "CONFIG_NAME",
 ]
 
@@ -183,6 +182,7 @@ class FusedRewardHead:
             and dtype == param.dtype
         )
 
+    @torch.no_grad()
     def reference_logprobs_and_scores(
         self,
         prompt_ids: torch.Tensor,
@@ -191,9 +191,19 @@ class FusedRewardHead:
         completion_mask: torch.Tensor,
         temperature: float = 1.0,
     ) -> tuple[torch.Tensor, np.ndarray]:
-        return logprobs_and_reward(
-            self, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature
+        """Reference log-probs of the completion tokens and the fused reward, from one forward."""
+        ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        mask = torch.cat([prompt_mask.long(), completion_mask.long()], dim=1)
+        n = completion_ids.shape[1]
+        out = forward_left_padded(
+            self.model, ids, mask, output_hidden_states=True, logits_to_keep=n + 1
         )
+        logprobs = completion_logprobs(out.logits, completion_ids, temperature)
+        completion = torch.zeros_like(mask)
+        eos = self.tokenizer.eos_token_id
+        completion[:, -n:] = completion_mask.long() * (completion_ids != eos)
+        self.calls += 1
+        return logprobs, self.score_features(token_features(out.hidden_states), completion, mask)
 
     @torch.no_grad()
     def __call__(
@@ -245,26 +255,3 @@ class FusedRewardHead:
             )
         head.mlp.load_state_dict(load_file(str(folder / HEAD_NAME)))
         return head
-
-
-@torch.no_grad()
-def logprobs_and_reward(
-    head: FusedRewardHead,
-    prompt_ids: torch.Tensor,
-    prompt_mask: torch.Tensor,
-    completion_ids: torch.Tensor,
-    completion_mask: torch.Tensor,
-    temperature: float = 1.0,
-) -> tuple[torch.Tensor, np.ndarray]:
-    """Reference log-probs of the completion tokens and the fused reward, from one forward."""
-    ids = torch.cat([prompt_ids, completion_ids], dim=1)
-    mask = torch.cat([prompt_mask.long(), completion_mask.long()], dim=1)
-    n = completion_ids.shape[1]
-    out = forward_left_padded(
-        head.model, ids, mask, output_hidden_states=True, logits_to_keep=n + 1
-    )
-    logprobs = completion_logprobs(out.logits, completion_ids, temperature)
-    completion = torch.zeros_like(mask)
-    completion[:, -n:] = completion_mask.long() * (completion_ids != head.tokenizer.eos_token_id)
-    head.calls += 1
-    return logprobs, head.score_features(token_features(out.hidden_states), completion, mask)
