@@ -25,7 +25,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from agents import ALGORITHMS
 from agents.distributed import DEFAULT_TIMEOUT_S, TIMEOUT_ENV, init_distributed
 
-__all__ = ["build_parser", "to_argv", "run", "main"]
+__all__ = ["build_parser", "run", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,33 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
         f"{DEFAULT_TIMEOUT_S:.0f})",
     )
     return p
-
-
-def to_argv(
-    args: argparse.Namespace,
-    parser: argparse.ArgumentParser | None = None,
-    exclude: tuple[str, ...] = (),
-) -> list[str]:
-    """``args`` back as command-line arguments of ``parser`` (default: this module's): every
-    option whose value differs from its default, so a rank launched with them parses the same
-    namespace (what ``textenv train --nproc N`` hands to torchrun). ``exclude``: dests to drop."""
-    parser = parser or build_parser()
-    argv: list[str] = []
-    for action in parser._actions:
-        if not action.option_strings or action.dest in ("help", *exclude):
-            continue
-        value = getattr(args, action.dest, action.default)
-        if value == action.default:
-            continue
-        if isinstance(action, argparse.BooleanOptionalAction):
-            argv.append(action.option_strings[0 if value else 1])
-        elif action.nargs == 0:  # store_true / store_false / store_const
-            argv.append(action.option_strings[0])
-        elif isinstance(value, list | tuple):
-            argv += [action.option_strings[0], *map(str, value)]
-        else:
-            argv += [action.option_strings[0], str(value)]
-    return argv
 
 
 def _json(text: str, flag: str) -> dict:

@@ -32,6 +32,7 @@ Backends: gloo when the policy is on the CPU, NCCL on CUDA (one GPU per rank: ``
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import os
 import subprocess
@@ -52,6 +53,7 @@ __all__ = [
     "LOCAL",
     "init_distributed",
     "launch",
+    "to_argv",
     "backend_for",
     "TIMEOUT_ENV",
     "DEFAULT_TIMEOUT_S",
@@ -100,12 +102,42 @@ def init_distributed(device: str = "cpu", timeout_s: float | None = None) -> Dis
 def launch(nproc: int, argv: Sequence[str], module: str = "agents") -> int:
     """Run ``python -m <module> <argv>`` as ``nproc`` ranks on this machine under torchrun
     (``torch.distributed.run --standalone``: a free rendezvous port, and one failing rank stops
-    the others); returns torchrun's exit status."""
+    the others); returns torchrun's exit status. Ranks other than 0 print to torchrun's log
+    folder, not the console (their errors still reach the console)."""
     if not isinstance(nproc, int) or nproc < 1:
         raise ValueError(f"nproc must be a positive integer, got {nproc!r}")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    cmd += [f"--nproc_per_node={nproc}", "-m", module, *argv]
+    cmd += [f"--nproc_per_node={nproc}"]
+    if nproc > 1:
+        cmd += ["--redirects", ",".join(f"{r}:1" for r in range(1, nproc))]
+    cmd += ["-m", module, *argv]
     return subprocess.call(cmd)
+
+
+def to_argv(
+    args: argparse.Namespace,
+    parser: argparse.ArgumentParser,
+    exclude: tuple[str, ...] = (),
+) -> list[str]:
+    """``args`` back as command-line arguments of ``parser``: every option whose value differs
+    from its default, so a rank launched with them parses the same namespace (what
+    ``textenv train --nproc N`` hands to torchrun). ``exclude``: dests to leave out."""
+    argv: list[str] = []
+    for action in parser._actions:
+        if not action.option_strings or action.dest in ("help", *exclude):
+            continue
+        value = getattr(args, action.dest, action.default)
+        if value == action.default:
+            continue
+        if isinstance(action, argparse.BooleanOptionalAction):
+            argv.append(action.option_strings[0 if value else 1])
+        elif action.nargs == 0:  # store_true / store_false / store_const
+            argv.append(action.option_strings[0])
+        elif isinstance(value, list | tuple):
+            argv += [action.option_strings[0], *map(str, value)]
+        else:
+            argv += [action.option_strings[0], str(value)]
+    return argv
 
 
 class _Closure(torch.nn.Module):
@@ -210,6 +242,14 @@ class Dist:
         out = x.contiguous().clone()
         tdist.broadcast(out, src=0)
         return out
+
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any rank (so that all ranks take the same branch)."""
+        if not self.enabled:
+            return bool(flag)
+        x = self._to_backend(torch.tensor([1.0 if flag else 0.0]))
+        tdist.all_reduce(x, op=tdist.ReduceOp.MAX)
+        return bool(x.item() > 0)
 
     def token_share(self, mask: torch.Tensor) -> torch.Tensor:
         """``N · t / T``: ``t`` this rank's masked tokens, ``T`` all ranks' (one all-reduce).

@@ -20,8 +20,8 @@ import torch.distributed as tdist
 import torch.multiprocessing as mp
 
 from agents import GRPO, PPO, RLOO, GRPOConfig, PPOConfig, RLOOConfig
-from agents.__main__ import build_parser, to_argv
-from agents.distributed import LOCAL, Dist, init_distributed
+from agents.__main__ import build_parser
+from agents.distributed import LOCAL, Dist, init_distributed, to_argv
 from agents.policy import Rollout
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -175,7 +175,7 @@ def test_train_options_reach_the_ranks():
     args = build_parser().parse_args(
         ["--algo", "grpo", "--out", "ck", "--config", '{"lr": 0.1}', "--resume", "--seed", "3"]
     )
-    again = build_parser().parse_args(to_argv(args))
+    again = build_parser().parse_args(to_argv(args, build_parser()))
     assert vars(again) == vars(args)
 
 
