@@ -359,7 +359,7 @@ def test_full_session_in_headless_chromium(samples, tmp_path):
     options = webdriver.ChromeOptions()
     options.binary_location = browser
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1280,720", "--no-first-run", "--disable-extensions"):  # fmt: skip
+                "--window-size=1280,800", "--no-first-run", "--disable-extensions"):  # fmt: skip
         options.add_argument(arg)
     out = tmp_path / "answers.jsonl"
     port = _free_port()
@@ -401,6 +401,16 @@ def test_full_session_in_headless_chromium(samples, tmp_path):
         driver.find_elements(By.CSS_SELECTOR, "#choices .card .down")[0].click()
         moved = [c.text for c in driver.find_elements(By.CSS_SELECTOR, "#choices .card .text")]
         assert moved == [shown[1], shown[0], shown[2]]
+        # A drag (the page's HTML5 drag-and-drop handlers): the bottom card onto the top one.
+        driver.execute_script(
+            """const cards = document.querySelectorAll('#choices .card');
+            const dt = new DataTransfer();
+            const fire = (el, type) => el.dispatchEvent(
+                new DragEvent(type, {bubbles: true, cancelable: true, dataTransfer: dt}));
+            fire(cards[2], 'dragstart'); fire(cards[0], 'dragover'); fire(cards[0], 'drop');"""
+        )
+        dragged = [c.text for c in driver.find_elements(By.CSS_SELECTOR, "#choices .card .text")]
+        assert dragged == [shown[2], shown[1], shown[0]]
         press("3")
         press("1")  # the last is implied
         assert "typed, best first: 3 1 2" in text("typed")

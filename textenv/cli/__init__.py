@@ -24,7 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "label": (
         "textenv.cli.label",
-        "label a K-way samples file in the terminal (or with a simulated labeller)",
+        "label a K-way samples file in the terminal or the browser (--web), or with a "
+        "simulated labeller; `label stats` reports counts and agreement",
     ),
     "rm": ("textenv.cli.rm", "reward models: train / evaluate on preference pairs"),
     "train": ("textenv.cli.train", "train an agent (PPO, GRPO, RLOO, ...) on a registered env"),

@@ -288,7 +288,9 @@ def create_app(
         labeller, set_cookie = request.state.labeller
         response = JSONResponse(payload, status)
         if set_cookie:
-            response.set_cookie(COOKIE, labeller, max_age=365 * 86400, samesite="strict")
+            response.set_cookie(
+                COOKIE, labeller, max_age=365 * 86400, httponly=True, samesite="strict"
+            )
         return response
 
     def asset(path: str) -> Any:
@@ -298,7 +300,9 @@ def create_app(
             response = Response(body, media_type=kind)
             labeller, set_cookie = _labeller(request)
             if set_cookie:
-                response.set_cookie(COOKIE, labeller, max_age=365 * 86400, samesite="strict")
+                response.set_cookie(
+                    COOKIE, labeller, max_age=365 * 86400, httponly=True, samesite="strict"
+                )
             return response
 
         return endpoint

@@ -66,7 +66,8 @@ function showProgress(s) {
   const p = s.progress;
   const pct = p.questions ? Math.round((100 * p.complete) / p.questions) : 100;
   $("progress-text").textContent =
-    `${p.complete} of ${p.questions} questions complete · ${p.answers} answers · ` +
+    `${p.complete} of ${p.questions} questions complete · ` +
+    `${p.answers} ${p.answers === 1 ? "answer" : "answers"} in all · ` +
     `you: ${p.mine} answered, ${p.left_for_me} left`;
   $("bar-fill").style.width = pct + "%";
   $("who").textContent = `labeller ${s.labeller} · ${s.answers_file}`;
