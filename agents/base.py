@@ -2,25 +2,61 @@
 
 An algorithm subclasses :class:`Agent` and writes two methods: ``_collect`` (one rollout batch
 through :class:`~agents.policy.LMPolicy`) and ``_update`` (the gradient steps; returns metrics).
+
+Checkpoints (:meth:`Agent.save`) are folders written atomically: ``policy/`` (a Hugging Face
+folder, safetensors), ``state.safetensors`` (optimizer moments, extra modules, the RNG state),
+``agent.json`` (counters, the LR schedule, β, the metrics history, the optimizer's settings) and
+``config.json``. Loading never unpickles, and never imports code a checkpoint names: a
+``"module:function"`` spec in its ``config.json`` (outside the built-in ``textenv.tasks``) needs
+``trust_specs=True``, and its ``log_dir`` is used only when trusted or passed again.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from agents.distributed import Dist
 from agents.policy import LMPolicy, Rollout, make_envs
-from textenv.files import atomic_write_dir, resolve_dir
+from textenv.files import (
+    append_line,
+    atomic_write_dir,
+    atomic_write_json,
+    atomic_write_lines,
+    resolve_dir,
+)
+from textenv.lm.models import is_callable_spec
 
-__all__ = ["AgentConfig", "Agent", "env_return"]
+__all__ = ["AgentConfig", "Agent", "env_return", "is_checkpoint", "UntrustedSpecError"]
+
+CHECKPOINT_FORMAT = 2
+STATE_NAME = "agent.json"  # marks a checkpoint folder
+TENSORS_NAME = "state.safetensors"
+LEGACY_STATE_NAME = "agent.pt"  # format 1 (pickled); read with weights_only=True
+CHECKPOINT_MARKERS = (STATE_NAME, LEGACY_STATE_NAME)
+# Spec prefixes a checkpoint may name without trust_specs: the package's own tasks.
+TRUSTED_SPEC_PREFIXES = ("textenv.tasks.",)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
 
 
 @dataclass
@@ -30,7 +66,7 @@ class AgentConfig:
     Attributes:
         env_id: a registered id (``"textenv/Sort-v0"``, ``"textenv/Tiny-v0"``, ...).
         env_kwargs: JSON-serialisable env kwargs (``kl_coef``, ``kl_reward``, ``reward``, ...).
-        model: the policy's initial weights, a :func:`textenv.models.load_causal_lm` spec;
+        model: the policy's initial weights, a :func:`textenv.lm.models.load_causal_lm` spec;
             ``None`` = the env's reference LM (the usual RLHF start).
         num_envs: episodes per rollout batch (rows of the lockstep vector env).
         lr: Adam learning rate (decayed linearly to 0 over ``learn``'s ``total_tokens`` when
@@ -44,6 +80,8 @@ class AgentConfig:
             agree: the env scores the reference at its own temperature).
         log_dir: where ``metrics.jsonl`` and TensorBoard events go (``None``: no files).
         progress: show a tqdm progress bar in ``learn``.
+        save_every: iterations between the checkpoints ``learn(..., checkpoint=PATH)`` writes
+            (0: only when ``learn`` ends or is stopped by SIGINT / SIGTERM).
     """
 
     env_id: str = "textenv/Sort-v0"
@@ -60,28 +98,51 @@ class AgentConfig:
     temperature: float | None = None
     log_dir: str | None = None
     progress: bool = True
+    save_every: int = 0
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
-        if not isinstance(self.num_envs, int) or self.num_envs < 1:
-            raise ValueError(f"num_envs must be a positive integer, got {self.num_envs!r}")
-        if not isinstance(self.minibatch_size, int) or self.minibatch_size < 1:
-            raise ValueError(
-                f"minibatch_size must be a positive integer, got {self.minibatch_size}"
-            )
+        """Raise ValueError naming the first bad field (bools are not integers or numbers)."""
+        for name in ("num_envs", "minibatch_size", "epochs"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not _is_int(self.seed):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if not _is_int(self.save_every) or self.save_every < 0:
+            raise ValueError(f"save_every must be an integer ≥ 0, got {self.save_every!r}")
         if self.num_envs % self.minibatch_size:
             raise ValueError(
                 f"minibatch_size={self.minibatch_size} does not divide the batch "
                 f"(num_envs={self.num_envs})"
             )
-        if not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ValueError(f"epochs must be a positive integer, got {self.epochs!r}")
-        if not (np.isfinite(self.lr) and self.lr >= 0):
-            raise ValueError(f"lr must be a finite number ≥ 0, got {self.lr}")
-        if not self.max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
-        if self.temperature is not None and not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        json.dumps(self.env_kwargs)  # configs are saved with checkpoints
+        if not (_is_number(self.lr) and self.lr >= 0):
+            raise ValueError(f"lr must be a finite number ≥ 0, got {self.lr!r}")
+        if not (_is_number(self.max_grad_norm) and self.max_grad_norm > 0):
+            raise ValueError(
+                f"max_grad_norm must be a finite number > 0, got {self.max_grad_norm!r}"
+            )
+        if self.temperature is not None and not (
+            _is_number(self.temperature) and self.temperature > 0
+        ):
+            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature!r}")
+        for name in ("anneal_lr", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("env_id", "device"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
+        for name in ("model", "log_dir"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string or None, got {getattr(self, name)!r}")
+        if not isinstance(self.env_kwargs, dict):
+            raise ValueError(f"env_kwargs must be a dict, got {self.env_kwargs!r}")
+        try:
+            json.dumps(self.env_kwargs)  # configs are saved with checkpoints
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"env_kwargs must be JSON-serialisable: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,8 +162,102 @@ def env_return(final: dict[str, np.ndarray]) -> np.ndarray:
     return ret
 
 
+# --------------------------------------------------------------------------- checkpoint files
+
+
+class UntrustedSpecError(ValueError):
+    """A checkpoint's config names code to import, and the loading user did not opt in."""
+
+
 def _resolve_checkpoint(path: str | os.PathLike) -> Path:
-    return resolve_dir(path, "agent.pt")
+    """The checkpoint folder at ``path`` (or the previous one a killed save left)."""
+    try:
+        return resolve_dir(path, STATE_NAME)
+    except FileNotFoundError:
+        try:
+            return resolve_dir(path, LEGACY_STATE_NAME)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"no agent checkpoint at {Path(path)} (expected {Path(path) / STATE_NAME})"
+            ) from None
+
+
+def is_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``path`` (or the previous version a killed save left) holds a checkpoint."""
+    try:
+        _resolve_checkpoint(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _pack(obj: Any, tensors: dict[str, torch.Tensor], key: str) -> Any:
+    """JSON-able skeleton of ``obj``; its tensors go to ``tensors`` (for safetensors)."""
+    if isinstance(obj, torch.Tensor):
+        # A copy: safetensors refuses tensors that share storage (tied weights).
+        tensors[key] = obj.detach().to("cpu", copy=True).contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return {k: _pack(v, tensors, f"{key}.{k}") for k, v in obj.items()}
+        return {"__items__": [[k, _pack(v, tensors, f"{key}.{k}")] for k, v in obj.items()]}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_pack(v, tensors, f"{key}.{i}") for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_pack(v, tensors, f"{key}.{i}") for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot save {type(obj).__name__} at {key} in a checkpoint")
+
+
+def _unpack(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if set(obj) == {"__tensor__"}:
+            return tensors[obj["__tensor__"]]
+        if set(obj) == {"__items__"}:
+            return {k: _unpack(v, tensors) for k, v in obj["__items__"]}
+        if set(obj) == {"__tuple__"}:
+            return tuple(_unpack(v, tensors) for v in obj["__tuple__"])
+        return {k: _unpack(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_unpack(v, tensors) for v in obj]
+    return obj
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's state, never unpickled: JSON + safetensors (format 2), or a format-1
+    ``agent.pt`` read with ``weights_only=True`` (tensors and plain containers only)."""
+    if (path / STATE_NAME).is_file():
+        skeleton = json.loads((path / STATE_NAME).read_text())
+        tensors = load_file(str(path / TENSORS_NAME)) if (path / TENSORS_NAME).is_file() else {}
+        return _unpack(skeleton, tensors)
+    try:
+        return torch.load(path / LEGACY_STATE_NAME, map_location="cpu", weights_only=True)
+    except Exception as exc:  # the restricted unpickler refuses anything but plain data
+        raise ValueError(
+            f"{path / LEGACY_STATE_NAME} is not a plain checkpoint (it holds objects other than "
+            f"tensors and plain data; refusing to unpickle it): {exc}"
+        ) from None
+
+
+def _saved_specs(saved: dict[str, Any], overrides: dict[str, Any]) -> list[str]:
+    """``field = spec`` for each saved value that would import code (a ``"module:function"``
+    spec, or an env id ``"module:Name-v0"`` that gymnasium imports) and that the user did not
+    replace with an override. Specs of the package's own tasks are allowed."""
+    found = []
+    env_id = saved.get("env_id")
+    if "env_id" not in overrides and isinstance(env_id, str) and ":" in env_id:
+        found.append(f"env_id={env_id!r}")
+    env_kwargs = saved.get("env_kwargs")
+    if "env_kwargs" not in overrides and isinstance(env_kwargs, dict):
+        for key, value in env_kwargs.items():
+            if (
+                isinstance(value, str)
+                and is_callable_spec(value)
+                and not value.startswith(TRUSTED_SPEC_PREFIXES)
+            ):
+                found.append(f"env_kwargs[{key!r}]={value!r}")
+    return found
 
 
 class Agent:
@@ -115,6 +270,8 @@ class Agent:
         config = replace(config) if config is not None else self.config_class()
         self.config = config  # a copy: the agent may adjust env_kwargs
         config.validate()
+        if _checkpoint is None:
+            self._check_fresh_log_dir()
         self._configure_env_kwargs()
         # Data-parallel ranks (agents.distributed): num_envs / minibatch_size stay global, each
         # rank steps num_envs / N rows of its own; one process is world_size 1.
@@ -143,8 +300,13 @@ class Agent:
         self.iteration = 0
         self.tokens_seen = 0
         self.schedule_tokens: int | None = None
+        # The linear LR decay runs from (tokens, fraction of config.lr) to 0 at schedule_tokens.
+        self.lr_anchor: tuple[int, float] = (0, 1.0)
         self.history: list[dict[str, float]] = []
+        self.interrupted: str | None = None  # the signal that stopped the last learn()
+        self._stop_signal: str | None = None
         self._writer: Any = None
+        self._purge_step: int | None = None  # TensorBoard steps after a resumed checkpoint
 
     # ------------------------------------------------------------------ hooks
 
@@ -255,15 +417,28 @@ class Agent:
 
     # ------------------------------------------------------------------ training
 
-    def learn(self, total_tokens: int, *, iterations: int | None = None) -> Agent:
+    def learn(
+        self,
+        total_tokens: int,
+        *,
+        iterations: int | None = None,
+        checkpoint: str | os.PathLike | None = None,
+    ) -> Agent:
         """Train until the agent has generated ``total_tokens`` tokens in all (counting earlier
         ``learn`` calls and the run a checkpoint was saved from), or for at most ``iterations``
-        more iterations. The learning rate decays linearly to 0 at ``total_tokens``."""
+        more iterations. The learning rate decays linearly to 0 at ``total_tokens`` (see
+        :meth:`_start_schedule` for a budget changed on resume).
+
+        With ``checkpoint``, the agent is saved there every ``config.save_every`` iterations and
+        when ``learn`` ends; SIGINT / SIGTERM then finish the iteration in progress, save, and
+        return early with :attr:`interrupted` set to the signal's name (a second signal stops
+        at once, leaving the last checkpoint)."""
         from tqdm.auto import tqdm
 
         if total_tokens < 1:
             raise ValueError(f"total_tokens must be ≥ 1, got {total_tokens}")
-        self.schedule_tokens = int(total_tokens)
+        self._start_schedule(total_tokens)
+        self.interrupted = None
         bar = tqdm(
             total=total_tokens,
             initial=min(self.tokens_seen, total_tokens),
@@ -272,45 +447,165 @@ class Agent:
             desc=self.algo,
         )
         done = 0
+        saved_at = self.iteration
         try:
-            while self.tokens_seen < total_tokens and (iterations is None or done < iterations):
-                frac = 1.0 - self.tokens_seen / total_tokens if self.config.anneal_lr else 1.0
-                lr = self.config.lr * frac
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                t0 = time.perf_counter()
-                self.generator.manual_seed(self._rank_seed(1))
-                beta = self.env.kl_coef
-                # Every rank holds the global batch; β has seen all of its episodes.
-                rollout = self.dist.gather_rollout(self._collect())
-                self.env.kl_coef = self.dist.combine_kl_coef(beta, self.env.kl_coef)
-                t1 = time.perf_counter()
-                metrics = self._env_metrics(rollout)
-                metrics.update(self.dist.mean_metrics(self._update(rollout)))
-                t2 = time.perf_counter()
-                self.iteration += 1
-                self.tokens_seen += rollout.num_tokens
-                metrics.update(
-                    {
-                        "iteration": self.iteration,
-                        "tokens": self.tokens_seen,
-                        "lr": lr,
-                        "time/rollout_s": t1 - t0,
-                        "time/update_s": t2 - t1,
-                        "time/tokens_per_s": rollout.num_tokens / (t2 - t0),
-                    }
-                )
-                self._log(metrics)
-                bar.update(min(rollout.num_tokens, max(total_tokens - bar.n, 0)))
-                bar.set_postfix(
-                    ret=f"{metrics['env/return']:.3f}", kl=f"{metrics['env/kl']:.2f}", refresh=False
-                )
-                done += 1
+            with self._stop_on_signals(checkpoint is not None):
+                while self.tokens_seen < total_tokens and (iterations is None or done < iterations):
+                    # The ranks stop together (torchrun signals each of them, not at once).
+                    if self.dist.any(self._stop_signal is not None):
+                        self._stop_signal = self._stop_signal or "SIGTERM"
+                        break
+                    before = self.tokens_seen
+                    self._iterate()
+                    bar.update(min(self.tokens_seen - before, max(total_tokens - bar.n, 0)))
+                    bar.set_postfix(
+                        ret=f"{self.history[-1]['env/return']:.3f}",
+                        kl=f"{self.history[-1]['env/kl']:.2f}",
+                        refresh=False,
+                    )
+                    done += 1
+                    every = self.config.save_every
+                    if checkpoint is not None and every and self.iteration % every == 0:
+                        self.save(checkpoint)
+                        saved_at = self.iteration
+                if checkpoint is not None and saved_at != self.iteration:
+                    self.save(checkpoint)
+                self.interrupted = self._stop_signal
         finally:
+            self._stop_signal = None
             bar.close()
-            if self._writer is not None:
+            if self._writer:
                 self._writer.flush()
         return self
+
+    def _iterate(self) -> None:
+        """One iteration: rollout, update, counters, a metrics row."""
+        lr = self.current_lr()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        t0 = time.perf_counter()
+        self.generator.manual_seed(self._rank_seed(1))
+        beta = self.env.kl_coef
+        # Every rank holds the global batch; β has seen all of its episodes.
+        rollout = self.dist.gather_rollout(self._collect())
+        self.env.kl_coef = self.dist.combine_kl_coef(beta, self.env.kl_coef)
+        t1 = time.perf_counter()
+        metrics = self._env_metrics(rollout)
+        metrics.update(self.dist.mean_metrics(self._update(rollout)))
+        t2 = time.perf_counter()
+        self.iteration += 1
+        self.tokens_seen += rollout.num_tokens
+        metrics.update(
+            {
+                "iteration": self.iteration,
+                "tokens": self.tokens_seen,
+                "lr": lr,
+                "time/rollout_s": t1 - t0,
+                "time/update_s": t2 - t1,
+                "time/tokens_per_s": rollout.num_tokens / (t2 - t0),
+            }
+        )
+        if self.dist.enabled:
+            metrics["dist/world_size"] = self.dist.world_size
+        self._log(metrics)
+
+    # ------------------------------------------------------------------ LR schedule
+
+    def _start_schedule(self, total_tokens: int) -> None:
+        """Fix the LR schedule of a ``learn(total_tokens)`` call.
+
+        The rate decays linearly from the anchor ``(tokens, fraction of config.lr)`` to 0 at
+        ``total_tokens``; a fresh agent's anchor is ``(0, 1)``. When a later call (or a resumed
+        run) asks for a different budget, the anchor moves to the current point at the rate
+        reached so far: the rate then decays from there to 0 at the new budget. It never goes
+        back up, so extending a run continues the decay more slowly instead of restarting it. A
+        run whose rate has reached 0 stays at 0; loading it with a new ``lr`` override starts a
+        new decay from that rate at the current point.
+        """
+        total = int(total_tokens)
+        if self.schedule_tokens is not None and total != self.schedule_tokens:
+            frac = self._lr_fraction(self.tokens_seen)
+            if frac <= 0 and self.config.anneal_lr:
+                warnings.warn(
+                    f"the learning rate already decayed to 0 at {self.schedule_tokens} tokens; "
+                    f"training on to {total} tokens runs at lr 0 (load with a new lr to go on)",
+                    stacklevel=3,
+                )
+            self.lr_anchor = (self.tokens_seen, frac)
+        self.schedule_tokens = total
+
+    def _lr_fraction(self, tokens: int) -> float:
+        if not self.config.anneal_lr or self.schedule_tokens is None:
+            return 1.0
+        start, frac = self.lr_anchor
+        span = self.schedule_tokens - start
+        if span <= 0:
+            return 0.0
+        return float(min(frac, max(0.0, frac * (self.schedule_tokens - tokens) / span)))
+
+    def current_lr(self) -> float:
+        """The learning rate of the next iteration under the current schedule."""
+        return self.config.lr * self._lr_fraction(self.tokens_seen)
+
+    # ------------------------------------------------------------------ signals
+
+    @contextmanager
+    def _stop_on_signals(self, enabled: bool) -> Iterator[None]:
+        """While ``enabled`` (and in the main thread): the first SIGINT / SIGTERM asks the loop
+        to stop after the iteration in progress; a second one raises KeyboardInterrupt."""
+        if not enabled or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        self._stop_signal = None
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._stop_signal is not None:
+                raise KeyboardInterrupt
+            self._stop_signal = signal.Signals(signum).name
+            if self.config.progress:
+                print(
+                    f"\n{self._stop_signal}: stopping after this iteration and saving "
+                    "(send it again to stop at once)",
+                    flush=True,
+                )
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    # ------------------------------------------------------------------ logging
+
+    def _check_fresh_log_dir(self) -> None:
+        """A new agent never appends to another run's metrics."""
+        if self.config.log_dir is None:
+            return
+        metrics = Path(self.config.log_dir) / "metrics.jsonl"
+        if metrics.is_file() and metrics.stat().st_size > 0:
+            raise FileExistsError(
+                f"{metrics} already holds another run's metrics; pass a new log_dir, resume "
+                "that run with load(), or remove the file"
+            )
+
+    def _truncate_log(self) -> None:
+        """Resume: drop the metrics rows of iterations after the checkpoint (they are redone),
+        and torn lines; TensorBoard events after the checkpoint are purged when it reopens."""
+        if self.config.log_dir is None or not self.dist.is_main:
+            return
+        path = Path(self.config.log_dir) / "metrics.jsonl"
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and row.get("iteration", 0) <= self.iteration:
+                kept.append(line + "\n")
+        atomic_write_lines(path, kept)
 
     def _log(self, metrics: dict[str, float]) -> None:
         metrics = {k: float(v) for k, v in metrics.items()}
@@ -318,16 +613,15 @@ class Agent:
         if self.config.log_dir is None or not self.dist.is_main:
             return
         log_dir = Path(self.config.log_dir)
-        log_dir.mkdir(parents=True, exist_ok=True)
-        with open(log_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(metrics) + "\n")
+        append_line(log_dir / "metrics.jsonl", json.dumps(metrics))
         if self._writer is None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # tensorboard is optional
                 self._writer = False
             else:
-                self._writer = SummaryWriter(str(log_dir))
+                # Events logged after the checkpoint by an interrupted run are purged.
+                self._writer = SummaryWriter(str(log_dir), purge_step=self._purge_step)
                 self._writer.add_text("config", json.dumps(self.config.to_dict(), indent=1))
         if self._writer:
             step = int(metrics["tokens"])
@@ -357,7 +651,9 @@ class Agent:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Save atomically to ``path``: ``policy/`` (HF folder: weights + tokenizer), extra
-        modules, optimizer, RNG states, counters and config (``config.json``).
+        modules, optimizer and RNG states (``state.safetensors``), counters, LR schedule, β and
+        history (``agent.json``) and the config (``config.json``). Nothing is pickled. ``path``
+        must be new, empty or an earlier checkpoint (never an unrelated folder).
 
         With N ranks every rank calls it; rank 0 writes (the state is the same on all ranks and
         does not depend on N) and the others wait until the folder is complete."""
@@ -369,21 +665,28 @@ class Agent:
             self.policy.model.save_pretrained(tmp / "policy")
             self.policy.tokenizer.save_pretrained(tmp / "policy")
             self._save_extra(tmp)
+            tensors: dict[str, torch.Tensor] = {}
             state = {
+                "format": CHECKPOINT_FORMAT,
                 "algo": self.algo,
                 "iteration": self.iteration,
                 "tokens_seen": self.tokens_seen,
                 "schedule_tokens": self.schedule_tokens,
-                "optimizer": self.optimizer.state_dict(),
-                "modules": {k: m.state_dict() for k, m in self.modules().items()},
-                "generator": self.generator.get_state(),
+                "lr_anchor": list(self.lr_anchor),
                 "kl_coef": float(self.env.kl_coef),  # adaptive controllers carry state
+                "optimizer": _pack(self.optimizer.state_dict(), tensors, "optimizer"),
+                "modules": {
+                    k: _pack(m.state_dict(), tensors, f"modules.{k}")
+                    for k, m in self.modules().items()
+                },
+                "generator": _pack(self.generator.get_state(), tensors, "generator"),
                 "history": self.history,
             }
-            torch.save(state, tmp / "agent.pt")
-            (tmp / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
+            save_file(tensors, str(tmp / TENSORS_NAME))
+            atomic_write_json(tmp / "config.json", self.config.to_dict())
+            atomic_write_json(tmp / STATE_NAME, state, indent=None)
 
-        saved = atomic_write_dir(path, write)
+        saved = atomic_write_dir(path, write, replaces=CHECKPOINT_MARKERS)
         self.dist.barrier()
         return saved
 
@@ -391,17 +694,45 @@ class Agent:
         """Extra HF folders (a separate value model)."""
 
     @classmethod
-    def load(cls, path: str | os.PathLike, **overrides: Any) -> Agent:
+    def load(cls, path: str | os.PathLike, *, trust_specs: bool = False, **overrides: Any) -> Agent:
         """Rebuild an agent from :meth:`save`'s folder; ``overrides`` replace config fields
-        (e.g. ``log_dir``, ``device``, ``progress``). Training resumes where it stopped."""
+        (e.g. ``log_dir``, ``device``, ``progress``, ``env_kwargs``). Training resumes where it
+        stopped, and the rows of ``log_dir/metrics.jsonl`` after the checkpoint are dropped.
+
+        Loading reads JSON and safetensors only. A ``"module:function"`` spec in the saved
+        config (``env_kwargs`` reward / prompts / gold, or a ``module:`` env id) would import
+        code, so it is refused unless ``trust_specs=True`` or the field is passed again as an
+        override; the package's own ``textenv.tasks`` specs are allowed. The saved ``log_dir``
+        is used only with ``trust_specs=True`` (a file must not choose where to write): pass
+        ``log_dir=`` to log a resumed run.
+        """
         path = _resolve_checkpoint(path)
         raw = json.loads((path / "config.json").read_text())
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path / 'config.json'} does not hold a config object")
         names = {f.name for f in fields(cls.config_class)}
         unknown = set(overrides) - names
         if unknown:
             raise ValueError(f"unknown config fields for {cls.__name__}: {sorted(unknown)}")
-        config = cls.config_class(**{**{k: v for k, v in raw.items() if k in names}, **overrides})
-        state = torch.load(path / "agent.pt", map_location=config.device, weights_only=False)
+        saved = {k: v for k, v in raw.items() if k in names}
+        specs = _saved_specs(saved, overrides)
+        if specs and not trust_specs:
+            raise UntrustedSpecError(
+                f"{path / 'config.json'} names code to import: {', '.join(specs)}. A loaded "
+                "checkpoint does not import code on its own: pass trust_specs=True (textenv "
+                "train --resume --trust-specs) if you trust this checkpoint, or pass the field "
+                "again yourself (e.g. env_kwargs=...)"
+            )
+        if "log_dir" not in overrides and not trust_specs:
+            if saved.get("log_dir") is not None:
+                warnings.warn(
+                    f"not logging to the saved log_dir {saved['log_dir']!r} (a loaded file does "
+                    "not choose where to write): pass log_dir= (or trust_specs=True) to log",
+                    stacklevel=2,
+                )
+            saved["log_dir"] = None
+        config = cls.config_class(**{**saved, **overrides})
+        state = _read_state(path)
         if state.get("algo") != cls.algo:
             raise ValueError(f"{path} holds a {state.get('algo')!r} agent, not {cls.algo!r}")
         agent = cls(config, _checkpoint=path)
@@ -412,8 +743,15 @@ class Agent:
         agent.iteration = int(state["iteration"])
         agent.tokens_seen = int(state["tokens_seen"])
         agent.schedule_tokens = state["schedule_tokens"]
+        anchor = state.get("lr_anchor", (0, 1.0))
+        agent.lr_anchor = (int(anchor[0]), float(anchor[1]))
+        if "lr" in overrides and overrides["lr"] != saved.get("lr"):
+            # A new learning rate starts a new decay from here (to 0 at the next budget).
+            agent.lr_anchor, agent.schedule_tokens = (agent.tokens_seen, 1.0), None
         agent.history = list(state["history"])
         agent.env.kl_coef = float(state["kl_coef"])  # an adaptive β is state
+        agent._purge_step = agent.tokens_seen + 1
+        agent._truncate_log()
         return agent
 
     def close(self) -> None:

@@ -192,7 +192,7 @@ def test_resume_gives_the_same_weights(tmp_path, agent_cls, config_cls, kw):
 def test_save_is_atomic(tmp_path):
     agent = PPO(small(PPOConfig)).learn(10**6, iterations=1)
     path = agent.save(tmp_path / "ckpt")
-    before = (path / "agent.pt").read_bytes()
+    before = (path / "agent.json").read_bytes()
 
     def crash(tmp):
         (tmp / "partial").write_text("x")
@@ -200,7 +200,7 @@ def test_save_is_atomic(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         atomic_save_dir(path, crash)
-    assert (path / "agent.pt").read_bytes() == before
+    assert (path / "agent.json").read_bytes() == before
     assert not (path / "partial").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temp folder left behind
     # A kill between the two renames leaves the old checkpoint at .ckpt.old: load finds it.

@@ -31,8 +31,9 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from agents import ALGORITHMS
+from agents.base import is_checkpoint
 from agents.evaluation import evaluate
-from textenv.files import atomic_write_json
+from textenv.files import atomic_write_dir, atomic_write_json
 from textenv.preferences import SimulatedLabeller, read_rankings, sample_completions, write_jsonl
 from textenv.progress import progress
 from textenv.tasks import TASKS, TaskSpec
@@ -210,8 +211,10 @@ def stage_policy(config: RunConfig, run_dir: Path) -> dict[str, Any]:
     checkpoint = stage_dir / "checkpoint"
     curve_path = stage_dir / "curve.json"
     env_kwargs = _env_kwargs(config, run_dir)
-    if (checkpoint / "agent.pt").is_file():
-        agent = agent_cls.load(checkpoint, progress=False)
+    if is_checkpoint(checkpoint):  # also the previous one a killed save left
+        agent = agent_cls.load(
+            checkpoint, progress=False, env_kwargs=env_kwargs, log_dir=str(stage_dir / "logs")
+        )
         curve = json.loads(curve_path.read_text()) if curve_path.is_file() else []
         curve = [p for p in curve if p["iteration"] <= agent.iteration]
         print(f"[policy] resuming from iteration {agent.iteration}", flush=True)
@@ -241,8 +244,13 @@ def stage_policy(config: RunConfig, run_dir: Path) -> dict[str, Any]:
         )
         return {"iteration": agent.iteration, "tokens": agent.tokens_seen, **ev.as_dict()}
 
-    if not curve:
+    if not curve:  # a fresh start: checkpoint 0, so the curve's first point is never lost
         curve.append(point())
+        agent.save(checkpoint)
+        atomic_write_json(curve_path, curve)
+    elif curve[-1]["iteration"] < agent.iteration:  # killed between a checkpoint and its point
+        curve.append(point())
+        atomic_write_json(curve_path, curve)
     started = time.perf_counter()
     bar = progress(
         config.iterations, initial=agent.iteration, desc=f"policy ({config.algo})", unit="iter"
@@ -262,8 +270,12 @@ def stage_policy(config: RunConfig, run_dir: Path) -> dict[str, Any]:
         atomic_write_json(curve_path, curve)
     bar.close()
     atomic_write_json(curve_path, curve)
-    agent.policy.model.save_pretrained(stage_dir / "final")
-    agent.policy.tokenizer.save_pretrained(stage_dir / "final")
+
+    def write_final(folder: Path) -> None:
+        agent.policy.model.save_pretrained(folder)
+        agent.policy.tokenizer.save_pretrained(folder)
+
+    atomic_write_dir(stage_dir / "final", write_final)
     last = curve[-1]
     agent.close()
     return _finish(

@@ -22,14 +22,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
         samples = [
             (r.prompt, c) for r in read_rankings(args.normalize_samples) for c in r.completions
         ]
-    m = train_reward(
-        args.data,
-        args.out,
-        config,
-        val_pairs=args.val_data,
-        normalize_samples=samples,
-        on_error=args.on_error,
-    )
+    try:
+        m = train_reward(
+            args.data,
+            args.out,
+            config,
+            val_pairs=args.val_data,
+            normalize_samples=samples,
+            on_error=args.on_error,
+        )
+    except FileExistsError as exc:  # --out is checked before training
+        raise SystemExit(f"textenv rm train: {exc}") from None
     val = (
         f"val accuracy {m['val_accuracy']:.4f}, val loss {m['val_loss']:.4f} (epoch "
         f"{m['best_epoch']})"
