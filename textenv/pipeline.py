@@ -294,23 +294,47 @@ def stage_policy(config: RunConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def _plot(curve: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Gold and proxy against KL on their own panels (their scales differ several-fold), each
+    a trajectory in training order (arrows from one evaluation to the next) with mean ± s.e.
+    bars on both axes; the gold peak is marked, so where over-optimisation starts (the proxy
+    still rising while gold turns down) shows at a glance."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    kl = [p["kl"]["mean"] for p in curve]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label in (("gold_score", "gold score"), ("rm_score", "proxy RM score")):
+    kl = np.array([p["kl"]["mean"] for p in curve])
+    kl_sem = np.array([p["kl"]["sem"] for p in curve])
+    fig, axes = plt.subplots(2, 1, figsize=(6.4, 6.4), sharex=True)
+    panels = (("gold_score", "gold score", "C1"), ("rm_score", "proxy RM score", "C0"))
+    for ax, (key, label, color) in zip(axes, panels, strict=True):
         mean = np.array([p[key]["mean"] for p in curve])
         sem = np.array([p[key]["sem"] for p in curve])
-        ax.plot(kl, mean, marker="o", label=label)
-        ax.fill_between(kl, mean - sem, mean + sem, alpha=0.2)
-    ax.set_xlabel("KL(π ‖ ρ) per episode (held-out prompts)")
-    ax.set_ylabel("score (mean ± s.e.)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
+        ax.errorbar(kl, mean, xerr=kl_sem, yerr=sem, fmt="o", ms=4, color=color, capsize=2)
+        for i in range(len(curve) - 1):  # training order: iteration i → i + 1
+            ax.annotate(
+                "",
+                xy=(kl[i + 1], mean[i + 1]),
+                xytext=(kl[i], mean[i]),
+                arrowprops={"arrowstyle": "->", "color": color, "alpha": 0.7},
+            )
+        for i in (0, len(curve) - 1):
+            ax.annotate(
+                f"it {curve[i]['iteration']}", (kl[i], mean[i]), fontsize=7,
+                xytext=(4, -10), textcoords="offset points",
+            )  # fmt: skip
+        ax.set_ylabel(f"{label}\n(mean ± s.e.)")
+        ax.grid(alpha=0.3)
+    gold = np.array([p["gold_score"]["mean"] for p in curve])
+    best = int(np.argmax(gold))
+    for ax in axes:
+        ax.axvline(kl[best], color="grey", ls="--", lw=1)
+    axes[0].annotate(
+        f"gold peak (it {curve[best]['iteration']})", (kl[best], gold[best]), fontsize=8,
+        xytext=(6, 6), textcoords="offset points",
+    )  # fmt: skip
+    axes[1].set_xlabel("KL(π ‖ ρ) per episode, nats (held-out prompts)")
+    axes[0].set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
