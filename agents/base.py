@@ -39,6 +39,7 @@ from textenv.files import (
     resolve_dir,
 )
 from textenv.lm.models import is_callable_spec
+from textenv.progress import progress
 
 __all__ = ["AgentConfig", "Agent", "env_return", "is_checkpoint", "UntrustedSpecError"]
 
@@ -79,7 +80,8 @@ class AgentConfig:
         temperature: sampling temperature; ``None`` = the env's ``temperature`` (they must
             agree: the env scores the reference at its own temperature).
         log_dir: where ``metrics.jsonl`` and TensorBoard events go (``None``: no files).
-        progress: show a tqdm progress bar in ``learn``.
+        progress: report progress in ``learn`` (a bar on a terminal, a few plain lines a
+            minute in a file or pipe).
         save_every: iterations between the checkpoints ``learn(..., checkpoint=PATH)`` writes
             (0: only when ``learn`` ends or is stopped by SIGINT / SIGTERM).
     """
@@ -433,14 +435,12 @@ class Agent:
         when ``learn`` ends; SIGINT / SIGTERM then finish the iteration in progress, save, and
         return early with :attr:`interrupted` set to the signal's name (a second signal stops
         at once, leaving the last checkpoint)."""
-        from tqdm.auto import tqdm
-
         if total_tokens < 1:
             raise ValueError(f"total_tokens must be ≥ 1, got {total_tokens}")
         self._start_schedule(total_tokens)
         self.interrupted = None
-        bar = tqdm(
-            total=total_tokens,
+        bar = progress(
+            total_tokens,
             initial=min(self.tokens_seen, total_tokens),
             disable=not self.config.progress or not self.dist.is_main,
             unit="tok",

@@ -123,15 +123,18 @@ def progress(
     unit: str = "it",
     initial: int = 0,
     leave: bool = True,
+    disable: bool = False,
     file: IO[str] | None = None,
     interval: float = PLAIN_INTERVAL_S,
 ) -> Any:
     """A tqdm bar when ``file`` (default stderr) is a terminal, else a :class:`PlainProgress`.
 
     ``leave=False`` bars (inner loops) print nothing at all outside a terminal: their outer
-    loop reports the progress.
+    loop reports the progress. ``disable=True`` prints nothing anywhere (same interface).
     """
     stream = file if file is not None else sys.stderr
+    if disable:
+        return PlainProgress(total, desc=desc, unit=unit, initial=initial, quiet=True)
     if _is_terminal(stream):
         from tqdm.auto import tqdm  # optional at import time: the CLI's help stays light
 

@@ -11,6 +11,7 @@ from textenv.lm.models import load_causal_lm, load_tokenizer
 from textenv.lm.padding import left_pad_encode
 from textenv.lm.sampling import SamplingConfig, generate
 from textenv.preferences.records import Ranking
+from textenv.progress import progress as show_progress
 
 # --------------------------------------------------------------------------- sampling
 
@@ -66,9 +67,7 @@ def sample_completions(
     texts: list[str] = []
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(rows_prompt), desc="sampling", unit="completion")
+        bar = show_progress(len(rows_prompt), desc="sampling", unit="completion")
     for start in range(0, len(rows_prompt), batch_size):
         chunk = rows_prompt[start : start + batch_size]
         input_ids, mask = left_pad_encode(

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from textenv.preferences import PreferencePair, read_preferences
+from textenv.progress import progress as show_progress
 from textenv.rewards.fused import CONFIG_NAME as FUSED_CONFIG
 
 __all__ = [
@@ -282,10 +283,9 @@ def fit_bradley_terry(
         sum_loss = sum_acc = 0.0
         bar = None
         if progress:
-            from tqdm.auto import tqdm  # optional progress bar
-
             desc = f"epoch {epoch}/{config.epochs}"
-            bar = tqdm(total=n_batches, desc=desc, unit="batch", leave=False)
+            # leave=False: one line per epoch follows; in a file or pipe only that line shows
+            bar = show_progress(n_batches, desc=desc, unit="batch", leave=False)
         for b in range(n_batches):
             rows = order[b * config.batch_size : (b + 1) * config.batch_size]
             rc, rr = rewards("train", rows)
