@@ -155,3 +155,86 @@ def test_default_backbone_is_prose_lm():
     model, tok = load_backbone("builtin:prose")
     assert model.config.num_labels == 1 and model.config.pad_token_id == tok.pad_token_id
     assert len(tok) <= model.config.vocab_size
+
+
+# --------------------------------------------------------------------------- one loop, one config
+
+
+def test_both_kinds_share_the_loop_and_the_metric_names(tmp_path):
+    from textenv.training.fused_head import train_fused_head
+
+    pairs = _pairs(80)
+    backbone = train_reward_model(
+        pairs, tmp_path / "b", backbone=BACKBONE, epochs=2, lr=3e-3, progress=False
+    )
+    fused = train_fused_head(pairs, tmp_path / "f", reference="tiny", epochs=2)
+    assert set(backbone) == set(fused)
+    assert (backbone["kind"], fused["kind"]) == ("backbone", "fused")
+    for m in (backbone, fused):
+        assert m["epochs_run"] == 2 and m["history"][0]["epoch"] == 0
+        assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy"} <= set(m["history"][1])
+        assert m["val_accuracy"] == next(
+            h["val_accuracy"] for h in m["history"] if h["epoch"] == m["best_epoch"]
+        )
+    saved = json.loads((tmp_path / "f" / "training_metrics.json").read_text())
+    assert saved["config"]["kind"] == "fused" and saved["config"]["lr"] == 3e-3  # kind default
+
+
+@pytest.mark.parametrize(
+    "kw, name",
+    [
+        ({"epochs": True}, "epochs"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"lr": 0.0}, "lr"),
+        ({"center_coef": float("nan")}, "center_coef"),
+        ({"val_fraction": 1.0}, "val_fraction"),
+        ({"use_margin": 1}, "use_margin"),
+        ({"kind": "linear"}, "kind"),
+        ({"seed": 1.5}, "seed"),
+    ],
+)
+def test_config_errors_name_the_field(kw, name):
+    from textenv.training.reward_model import RewardModelConfig
+
+    with pytest.raises(ValueError, match=name):
+        RewardModelConfig(**kw)
+
+
+def test_settings_and_config_together(tmp_path):
+    from textenv.training.reward_model import RewardModelConfig
+
+    with pytest.raises(TypeError, match="unknown reward-model settings.*epoch"):
+        train_reward_model(_pairs(20), tmp_path / "x", backbone=BACKBONE, epoch=2)
+    with pytest.raises(ValueError, match="config.kind is 'fused'"):
+        train_reward_model(_pairs(20), tmp_path / "x", RewardModelConfig(kind="fused"))
+    assert not (tmp_path / "x").exists()
+
+
+def test_rm_train_flags_are_the_config_fields(tmp_path, capsys):
+    from dataclasses import fields
+
+    from textenv.cli import build_parser, main
+    from textenv.training.reward_model import RewardModelConfig
+
+    parser = build_parser("rm")
+    base = ["rm", "train", "--data", "d", "--out", "o"]
+    args = parser.parse_args(base)
+    assert args._config_fields == {f.name for f in fields(RewardModelConfig)}
+    # The historical flag names keep working.
+    argv = ["--epochs", "3", "--lr", "0.01", "--batch-size", "8", "--center-coef", "0.01",
+            "--no-margin", "--no-normalize", "--backbone", BACKBONE, "--kind", "fused"]  # fmt: skip
+    args = parser.parse_args(base + argv)
+    assert (args.epochs, args.lr, args.batch_size, args.use_margin, args.normalize) == (
+        3, 0.01, 8, False, False
+    )  # fmt: skip
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--epochs", "two"])
+    data = tmp_path / "prefs.jsonl"
+    write_jsonl(data, _pairs(60))
+    out = tmp_path / "fused"
+    assert main(["rm", "train", "--data", str(data), "--out", str(out), "--kind", "fused",
+                 "--backbone", "tiny", "--epochs", "2"]) == 0  # fmt: skip
+    assert "saved reward model (fused)" in capsys.readouterr().out
+    assert json.loads((out / "training_metrics.json").read_text())["epochs_run"] == 2
+    with pytest.raises(SystemExit, match="patience must be a positive integer"):
+        main(["rm", "train", "--data", str(data), "--out", str(out), "--patience", "0"])
