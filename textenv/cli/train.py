@@ -92,11 +92,13 @@ def _train(args: argparse.Namespace) -> int:
         agent.close()
         return 128 + int(signal.Signals[agent.interrupted])
     after = agent.evaluate(1)
+    split = agent.config.env_kwargs.get("split", "train")
+    measured_on = f"{agent.config.num_envs} episodes on {split} prompts, fixed evaluation seed"
     for name, m in (("before", before), ("after", after)):
         gold = f", gold {m['env/gold_score']:.3f}" if "env/gold_score" in m else ""
         print(
-            f"{name}: return {m['env/return']:.3f}, rm {m['env/rm_score']:.3f}, "
-            f"kl {m['env/kl']:.3f}{gold}"
+            f"{name} ({measured_on}): return {m['env/return']:.3f}, "
+            f"rm {m['env/rm_score']:.3f}, kl {m['env/kl']:.3f}{gold}"
         )
     print(
         f"saved {args.algo} agent ({agent.tokens_seen} tokens, {agent.iteration} iterations) "
