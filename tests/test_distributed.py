@@ -4,6 +4,7 @@ failing rank that stops the job with its error instead of hanging."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -182,6 +183,30 @@ def test_train_options_reach_the_ranks():
 def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_textenv_train_nproc_2_then_resume_with_one_process(tmp_path):
+    out = tmp_path / "grpo"
+    config = dict(
+        num_envs=8, minibatch_size=4, group_size=4, epochs=1, progress=False, anneal_lr=False
+    )
+    cmd = [sys.executable, "-m", "textenv.cli", "train", "--nproc", "2", "--algo", "grpo"]
+    cmd += ["--total-tokens", "60", "--out", str(out), "--config", json.dumps(config)]
+    proc = _run(cmd, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("saved grpo agent") == 1  # rank 0 alone prints ...
+    rows = (tmp_path / "grpo-logs" / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(r) for r in rows]
+    assert [r["iteration"] for r in rows] == list(range(1, len(rows) + 1))  # ... and logs
+    assert all(r["dist/world_size"] == 2 for r in rows)
+    iterations = rows[-1]["iteration"]
+    # The checkpoint does not depend on N: one process continues it.
+    agent = GRPO.load(out, progress=False, log_dir=str(tmp_path / "resumed-logs"))
+    assert agent.iteration == iterations and agent.tokens_seen >= 60
+    assert agent.envs.num_envs == 8  # the whole batch in one process
+    agent.learn(10**6, iterations=1)
+    assert agent.iteration == iterations + 1
+    agent.close()
 
 
 FAILING_RANK = """
