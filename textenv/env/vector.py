@@ -152,15 +152,14 @@ class TextGenVectorEnv(VectorEnv):
         self._needs_reset[rows] = False
         self._pending = None
         self._started = True
+        # Every row's current values (rows not reset keep theirs); "_key" marks the rows reset.
         started = np.isin(np.arange(B), rows)
-        per_row = [reset_info(self.core, r) for r in range(B) if started[r]]
+        per_row = [reset_info(self.core, r) for r in range(B)]
         info: dict[str, Any] = {}
-        for key in per_row[0] if per_row else ():
+        for key in per_row[0]:
             values = [row[key] for row in per_row]
             kind = object if isinstance(values[0], str) or None in values else np.int64
-            column = np.full(B, "" if kind is object else 0, dtype=kind)
-            column[started] = values
-            info[key], info["_" + key] = column, started
+            info[key], info["_" + key] = np.array(values, dtype=kind), started
         return self.core.observation(), info
 
     def step(
