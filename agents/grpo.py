@@ -43,6 +43,10 @@ class GRPOConfig(AgentConfig):
             ``"none"`` (Dr. GRPO: no std scaling).
         adv_eps: ε added to the std.
         loss_type: ``"grpo"``, ``"bnpo"`` or ``"dr_grpo"`` (see the module docstring).
+        kl_ratio: multiply the k3 term by the policy ratio π/π_old (TRL's
+            ``use_bias_correction_kl``), so that its gradient is the reverse KL's (the KL the
+            env measures and logs); ``False`` is the plain k3 term, whose gradient is the
+            forward KL's and holds KL(π‖ρ) less tightly at the same β.
     """
 
     lr: float = 1e-4
@@ -55,6 +59,7 @@ class GRPOConfig(AgentConfig):
     scale_rewards: str = "group"
     adv_eps: float = 1e-4
     loss_type: str = "grpo"
+    kl_ratio: bool = True
 
     def validate(self) -> None:
         super().validate()
@@ -117,6 +122,7 @@ def grpo_loss(
     epsilon_high: float,
     beta: float,
     loss_type: str,
+    kl_ratio: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """GRPO's loss on ``(b, N)`` token log-probs; returns (loss, ratios, per-token k3 KL).
 
@@ -131,7 +137,10 @@ def grpo_loss(
     ref_diff = ref_logprobs - logprobs
     kl = ref_diff.exp() - ref_diff - 1  # k3, ≥ 0
     if beta > 0:
-        per_token = per_token + beta * kl
+        # × r (= 1 on-policy, but differentiable): the gradient becomes (log π − log ρ)·∇log π,
+        # the reverse KL's, the KL the env measures. Bare k3's gradient (1 − ρ/π)·∇log π is in
+        # expectation that of the *forward* KL(ρ‖π), which lets KL(π‖ρ) grow further at equal β.
+        per_token = per_token + beta * (kl * ratio if kl_ratio else kl)
     if loss_type == "grpo":
         loss = masked_mean(per_token, mask, dim=1).mean()
     elif loss_type == "bnpo":
@@ -193,6 +202,7 @@ class GRPO(Agent):
                     epsilon_high=cfg.epsilon_high,
                     beta=beta,
                     loss_type=cfg.loss_type,
+                    kl_ratio=cfg.kl_ratio,
                 )
                 if cfg.loss_type == "bnpo":  # a token mean; the other two average rows, and
                     loss = loss * share  # every rank has minibatch_size / N of them
