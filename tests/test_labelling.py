@@ -312,6 +312,12 @@ def test_stats_command(samples, tmp_path, capsys):
     assert "per labeller: ann 5, bob 4" in text and "Cohen's kappa" in text and "gold:" in text
     assert main(["label", "stats", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["agreement"]["pairwise_agreement"] == 0.75
+    # Statistics never write: a torn last line is left for the labelling session to drop.
+    with open(out, "a") as f:
+        f.write('{"prompt": "p", "cho')
+    before = out.read_bytes()
+    assert main(["label", "stats", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["answers"] == 9 and out.read_bytes() == before
     with pytest.raises(SystemExit, match="does not exist"):
         main(["label", "stats", str(tmp_path / "nope.jsonl")])
     with pytest.raises(SystemExit, match="needs --out"):

@@ -363,7 +363,9 @@ def test_full_session_in_headless_chromium(samples, tmp_path):
         options.add_argument(arg)
     out = tmp_path / "answers.jsonl"
     port = _free_port()
-    server = _Server(samples, out, port)
+    # In-process servers keep this test quick; the SIGKILL of the command itself is
+    # test_killed_server_loses_nothing_and_resumes.
+    server = BackgroundServer(create_app(LabelSession(samples, out)), port=port)
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(driver_path))
     wait = WebDriverWait(driver, 20)
 
@@ -424,15 +426,15 @@ def test_full_session_in_headless_chromium(samples, tmp_path):
         press("\ue007")  # Enter
         progress_says("you: 2 answered")
 
-        # Kill the server: both answers are on disk; a restart resumes at question 3.
-        server.kill()
+        # Stop the server: both answers are on disk; a restart resumes at question 3.
+        server.stop()
         rows = [json.loads(line) for line in out.read_text().splitlines()]
         assert [r["item"] for r in rows] == [0, 1] and {r["labeller"] for r in rows} == {"ann"}
         assert rows[0]["chosen"] != first_shown and rows[0]["chosen"] in XSS
         assert [rows[1]["completions"][i] for i in rows[1]["ranking"]] == [
             shown[2], shown[0], shown[1]
         ]  # fmt: skip
-        server = _Server(samples, out, port)
+        server = BackgroundServer(create_app(LabelSession(samples, out)), port=port)
         driver.refresh()
         wait.until(lambda d: text("q-title").startswith("Question 3 of 3"))
         assert "you: 2 answered" in text("progress-text")  # the cookie kept the labeller
@@ -442,7 +444,7 @@ def test_full_session_in_headless_chromium(samples, tmp_path):
         assert "3 of 3 questions complete" in text("progress-text")
     finally:
         driver.quit()
-        server.kill()
+        server.stop()
     assert len(read_preferences(out)) == 1 + 3  # a pair and a ranking of 3; the tie is aside
     assert json.loads(ties_path(out).read_text())["labeller"] == "ann"
     png = (tmp_path / "page.png").read_bytes()

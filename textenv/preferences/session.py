@@ -186,14 +186,17 @@ class Entry:
 
 
 class AnswerLog:
-    """An answers file and its ties side file: durable appends, atomic undo, loading."""
+    """An answers file and its ties side file: durable appends, atomic undo, loading.
+    ``read_only=True`` (statistics) never writes: a torn last line is skipped, not removed."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
         self.path = Path(path)
+        self.read_only = read_only
         if self.path.is_dir():
             raise IsADirectoryError(f"answers file {self.path} is a folder")
         self.tie_path = ties_path(self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         # Answers in the order they were given (answers before ties on equal times).
         self.entries: list[Entry] = sorted(
             self._load(self.path, tie=False) + self._load(self.tie_path, tie=True),
@@ -212,7 +215,8 @@ class AnswerLog:
             if i == len(lines) - 1:  # no newline after it: a torn last line (killed mid-write
                 # on a filesystem without atomic appends); the answer was never confirmed
                 print(f"note: dropping an incomplete last line of {path}", file=sys.stderr)
-                self._rewrite(path, [e.row for e in out])
+                if not self.read_only:
+                    self._rewrite(path, [e.row for e in out])
                 return out
             try:
                 row = json.loads(line)
@@ -233,6 +237,8 @@ class AnswerLog:
 
     def append(self, row: dict[str, Any], *, tie: bool = False) -> Entry:
         """Append ``row`` durably (fsync'd before this returns)."""
+        if self.read_only:
+            raise PermissionError(f"{self.path} was opened read-only")
         qid = _row_qid(row, "new answer")
         append_line(self.tie_path if tie else self.path, json.dumps(row, ensure_ascii=False))
         entry = Entry(row, qid, tie, "new answer")
@@ -241,6 +247,8 @@ class AnswerLog:
 
     def remove(self, entry: Entry) -> None:
         """Rewrite the file holding ``entry`` without it (atomically)."""
+        if self.read_only:
+            raise PermissionError(f"{self.path} was opened read-only")
         path = self.tie_path if entry.tie else self.path
         keep = [e.row for e in self.entries if e.tie == entry.tie and e is not entry]
         self._rewrite(path, keep)
@@ -507,7 +515,7 @@ def answer_stats(
     * with a ``gold`` scorer: the fraction of non-tied judgements that pick the completion the
       gold scorer scores higher (gold ties left out and counted), over all and per labeller.
     """
-    log = AnswerLog(answers)
+    log = AnswerLog(answers, read_only=True)
     per_labeller: Counter[str] = Counter(e.labeller for e in log.entries)
     stats: dict[str, Any] = {
         "answers": len(log.entries),

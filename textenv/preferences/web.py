@@ -379,7 +379,9 @@ class BackgroundServer:
         self.host = host
         token = getattr(app, "token", None)
         self.url = _url(host, self.port, token)
-        config = uvicorn.Config(app, log_level="warning", lifespan="off")
+        config = uvicorn.Config(
+            app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
@@ -392,6 +394,7 @@ class BackgroundServer:
             time.sleep(0.02)
 
     def stop(self) -> None:
+        """Stop serving (idempotent); open connections get 2 s to finish."""
         self.server.should_exit = True
         self.thread.join(timeout=30)
         self.sock.close()
