@@ -12,6 +12,14 @@ checkpoint):
 4. ``policy``       RL (PPO by default; GRPO, RLOO) against the env whose reward is the learned
                     RM minus β·KL; every ``eval_every`` iterations the policy is evaluated on
                     held-out prompts (proxy RM score, gold score, KL) and checkpointed;
+
+With ``algo="dpo"`` DPO takes the place of stages 3 and 4: no reward model is fitted (the stage
+only records that), and the policy is trained by :class:`agents.DPO` on the same preference
+pairs (the split the RM would use: 90% to train, the prompts of the other 10% held out for its
+pair accuracy), with DPO's β = ``kl_coef`` (the KL coefficient of the objective DPO solves in
+closed form), ``num_envs`` pairs per iteration. It is evaluated exactly like the RL policies;
+the env's reward in the evaluations is the task's own registered one (the "env reward" row),
+since there is no learned RM.
 5. ``evaluation``   base LM vs trained policy on the eval prompts (mean ± standard error),
                     sample texts, and a plot of gold and proxy reward against KL.
 
@@ -21,6 +29,7 @@ The agents are imported lazily: ``textenv`` itself never depends on ``agents``.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -34,10 +43,16 @@ from agents import ALGORITHMS
 from agents.base import is_checkpoint
 from agents.evaluation import evaluate
 from textenv.files import atomic_write_dir, atomic_write_json
-from textenv.preferences import SimulatedLabeller, read_rankings, sample_completions, write_jsonl
+from textenv.preferences import (
+    SimulatedLabeller,
+    read_preferences,
+    read_rankings,
+    sample_completions,
+    write_jsonl,
+)
 from textenv.progress import progress
 from textenv.tasks import TASKS, TaskSpec
-from textenv.training.reward_model import RewardModelConfig, train_reward
+from textenv.training.reward_model import RewardModelConfig, split_by_prompt, train_reward
 
 __all__ = ["RunConfig", "run"]
 
@@ -178,6 +193,13 @@ def stage_preferences(config: RunConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def stage_reward_model(config: RunConfig, run_dir: Path) -> dict[str, Any]:
+    if config.algo == "dpo":
+        return _finish(
+            run_dir,
+            "reward_model",
+            {"kind": "none", "val_accuracy": None, "time_s": 0.0},
+            "none: DPO trains on the preference pairs directly",
+        )
     task = _task(config)
     pairs = run_dir / "preferences" / "preferences.jsonl"
     out = run_dir / "reward_model" / "rm"
@@ -201,7 +223,26 @@ def stage_reward_model(config: RunConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def _env_kwargs(config: RunConfig, run_dir: Path) -> dict[str, Any]:
+    if config.algo == "dpo":  # no learned RM: the env keeps the task's own reward
+        return {"kl_coef": config.kl_coef}
     return {"reward": str(run_dir / "reward_model" / "rm"), "kl_coef": config.kl_coef}
+
+
+def _dpo_settings(config: RunConfig, run_dir: Path) -> dict[str, Any]:
+    """DPO's data (the RM's train / held-out split of the pairs, written once) and settings."""
+    folder = run_dir / "policy" / "pairs"
+    paths = {"data": folder / "train.jsonl", "val_data": folder / "val.jsonl"}
+    if not paths["data"].is_file():
+        pairs = read_preferences(run_dir / "preferences" / "preferences.jsonl")
+        train, val = split_by_prompt(pairs, RewardModelConfig.val_fraction, config.seed)
+        write_jsonl(paths["val_data"], val)
+        write_jsonl(paths["data"], train)
+    settings: dict[str, Any] = {k: str(v) for k, v in paths.items()}
+    if not read_preferences(paths["val_data"]):
+        settings["val_data"] = None
+    mb = math.gcd(32, config.num_envs)
+    return {**settings, "beta": config.kl_coef, "batch_size": config.num_envs, "eval_every": 0,
+            "minibatch_size": mb}  # fmt: skip
 
 
 def stage_policy(config: RunConfig, run_dir: Path) -> dict[str, Any]:
@@ -220,6 +261,8 @@ def stage_policy(config: RunConfig, run_dir: Path) -> dict[str, Any]:
         print(f"[policy] resuming from iteration {agent.iteration}", flush=True)
     else:
         extra = {"group_size": 8} if config.algo == "grpo" else {}
+        if config.algo == "dpo":
+            extra = _dpo_settings(config, run_dir)
         agent = agent_cls(
             config_cls(
                 env_id=config.env_id,
@@ -277,6 +320,9 @@ def stage_policy(config: RunConfig, run_dir: Path) -> dict[str, Any]:
 
     atomic_write_dir(stage_dir / "final", write_final)
     last = curve[-1]
+    pairs: dict[str, Any] = {}
+    if config.algo == "dpo" and agent.val_data is not None:  # its implicit reward's accuracy
+        pairs = {"val_pair_accuracy": agent.evaluate_pairs()["accuracy"]}
     agent.close()
     return _finish(
         run_dir,
@@ -285,6 +331,7 @@ def stage_policy(config: RunConfig, run_dir: Path) -> dict[str, Any]:
             "iterations": agent.iteration,
             "tokens": agent.tokens_seen,
             "time_s": time.perf_counter() - started,
+            **pairs,
         },
         f"{agent.iteration} iterations, {agent.tokens_seen} tokens: gold "
         f"{last['gold_score']['mean']:+.3f}, proxy {last['rm_score']['mean']:+.3f}, "
@@ -351,7 +398,8 @@ def stage_evaluation(config: RunConfig, run_dir: Path) -> dict[str, Any]:
         str(run_dir / "policy" / "final"), config.env_id, n_prompts=n, seed=seed, **env_kwargs
     )
     rows = {}
-    for key, label in (("rm_score", "proxy RM"), ("gold_score", "gold"), ("kl", "KL")):
+    proxy = "env reward" if config.algo == "dpo" else "proxy RM"
+    for key, label in (("rm_score", proxy), ("gold_score", "gold"), ("kl", "KL")):
         rows[label] = {
             "before": before.metrics[key].__dict__,
             "after": after.metrics[key].__dict__,
@@ -364,7 +412,8 @@ def stage_evaluation(config: RunConfig, run_dir: Path) -> dict[str, Any]:
     ]
     curve = json.loads((run_dir / "policy" / "curve.json").read_text())
     plot = run_dir / "evaluation" / "reward_vs_kl.png"
-    _plot(curve, plot, f"{config.env_id}: {config.algo.upper()} against a learned RM")
+    how = "on the preference pairs" if config.algo == "dpo" else "against a learned RM"
+    _plot(curve, plot, f"{config.env_id}: {config.algo.upper()} {how}")
     summary = {
         "table": rows,
         "gold_gain": gold_gain,
