@@ -510,3 +510,12 @@ def test_progress_on_a_terminal_is_a_bar():
         bar = progress(3, file=Tty())
     assert type(bar).__name__ == "tqdm" or "tqdm" in type(bar).__mro__[1].__name__
     bar.close()
+
+
+def test_kl_coef_setter_checks_type():
+    env = gym.make("textenv/TextGen-v0", **KW).unwrapped
+    for bad in ("0.1", True, None):
+        with pytest.raises(TypeError, match="kl_coef must be a number"):
+            env.kl_coef = bad
+    env.kl_coef = np.float32(0.25)
+    assert env.kl_coef == 0.25

@@ -25,6 +25,8 @@ __all__ = [
     "DTYPES",
     "SPLITS",
     "MIN_TEMPERATURE",
+    "check_int",
+    "check_real",
 ]
 
 KL_ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3")
@@ -57,7 +59,8 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
+def check_int(name: str, value: Any, minimum: int) -> int:
+    """An integer ≥ ``minimum`` (numpy integers too; not a bool, a float or a string)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {value!r} ({_type_name(value)})")
     if value < minimum:
@@ -65,7 +68,7 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
-def _check_real(name: str, value: Any) -> float:
+def check_real(name: str, value: Any) -> float:
     """A finite real number (int or float, numpy scalars included; not a bool or a string)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {value!r} ({_type_name(value)})")
@@ -150,37 +153,37 @@ class EnvConfig:
         self.gold = _check_spec("gold", self.gold, allow_callable=True, optional=True)
         self.prompts = _check_prompts(self.prompts)
         self.split = _check_choice("split", self.split, SPLITS)
-        self.eval_fraction = _check_real("eval_fraction", self.eval_fraction)
+        self.eval_fraction = check_real("eval_fraction", self.eval_fraction)
         if not 0.0 < self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
-        self.max_prompt_tokens = _check_int("max_prompt_tokens", self.max_prompt_tokens, 1)
-        self.max_new_tokens = _check_int("max_new_tokens", self.max_new_tokens, 1)
-        self.kl_coef = _check_real("kl_coef", self.kl_coef)
+        self.max_prompt_tokens = check_int("max_prompt_tokens", self.max_prompt_tokens, 1)
+        self.max_new_tokens = check_int("max_new_tokens", self.max_new_tokens, 1)
+        self.kl_coef = check_real("kl_coef", self.kl_coef)
         if self.kl_coef < 0:
             raise ValueError(
                 f"kl_coef: KL coefficient β must be a finite number ≥ 0, got {self.kl_coef}"
             )
         self.kl_estimator = _check_choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
         if self.kl_target is not None:
-            self.kl_target = _check_real("kl_target", self.kl_target)
+            self.kl_target = check_real("kl_target", self.kl_target)
             if self.kl_target <= 0:
                 raise ValueError(
                     f"kl_target must be > 0 (or None for a fixed β), got {self.kl_target}"
                 )
-        self.kl_horizon = _check_real("kl_horizon", self.kl_horizon)
+        self.kl_horizon = check_real("kl_horizon", self.kl_horizon)
         if self.kl_horizon <= 0:
             raise ValueError(f"kl_horizon must be > 0, got {self.kl_horizon}")
         self.kl_reward = _check_choice("kl_reward", self.kl_reward, KL_REWARD_MODES)
         self.kl_logprob = _check_choice("kl_logprob", self.kl_logprob, KL_LOGPROB_MODES)
-        self.temperature = _check_real("temperature", self.temperature)
+        self.temperature = check_real("temperature", self.temperature)
         if self.temperature < MIN_TEMPERATURE:
             raise ValueError(
                 f"temperature must be a finite number ≥ {MIN_TEMPERATURE}, got {self.temperature}"
             )
         if self.missing_eos_penalty is not None:
-            self.missing_eos_penalty = _check_real("missing_eos_penalty", self.missing_eos_penalty)
-        self.action_mask_top_k = _check_int("action_mask_top_k", self.action_mask_top_k, 0)
-        self.action_mask_top_p = _check_real("action_mask_top_p", self.action_mask_top_p)
+            self.missing_eos_penalty = check_real("missing_eos_penalty", self.missing_eos_penalty)
+        self.action_mask_top_k = check_int("action_mask_top_k", self.action_mask_top_k, 0)
+        self.action_mask_top_p = check_real("action_mask_top_p", self.action_mask_top_p)
         if not 0.0 < self.action_mask_top_p <= 1.0:
             raise ValueError(f"action_mask_top_p must be in (0, 1], got {self.action_mask_top_p}")
         if type(self.device).__name__ == "device":  # a torch.device, kept JSON-friendly

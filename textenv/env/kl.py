@@ -68,7 +68,7 @@ def _as_float_array(value: Any, name: str) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         if value.dtype == torch.bool or value.is_complex():
             raise TypeError(f"{name} must hold real numbers, got a {value.dtype} tensor")
-        return value.detach().to("cpu", torch.float64).numpy()
+        return value.detach().cpu().to(torch.float64).numpy()  # MPS has no float64: cpu first
     if isinstance(value, (bool, np.bool_, str, bytes)) or value is None:
         raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
     if isinstance(value, numbers.Real):

@@ -11,7 +11,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.wrappers import TimeLimit
 
-from textenv.env.config import EnvConfig
+from textenv.env.config import EnvConfig, check_real
 from textenv.env.core import EpisodeBatch, Finished
 from textenv.env.kl import check_logprob
 
@@ -168,7 +168,7 @@ class TextGenEnv(gym.Env[dict, int]):
 
     @kl_coef.setter
     def kl_coef(self, value: float) -> None:
-        self.core.set_kl_coef(value)
+        self.core.set_kl_coef(check_real("kl_coef", value))
 
     @property
     def tokenizer(self) -> Any:

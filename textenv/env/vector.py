@@ -9,7 +9,7 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from textenv.env.config import EnvConfig
+from textenv.env.config import EnvConfig, check_real
 from textenv.env.core import EpisodeBatch, Finished
 from textenv.env.kl import check_logprobs
 from textenv.env.single import check_options, check_seed, reset_info
@@ -89,7 +89,7 @@ class TextGenVectorEnv(VectorEnv):
 
     @kl_coef.setter
     def kl_coef(self, value: float) -> None:
-        self.core.set_kl_coef(value)
+        self.core.set_kl_coef(check_real("kl_coef", value))
 
     @property
     def tokenizer(self) -> Any:
@@ -198,7 +198,7 @@ class TextGenVectorEnv(VectorEnv):
         stepped_mask = np.zeros(B, dtype=bool)
         stepped_mask[stepped] = True
         source = np.where(np.isnan(logprobs), "none", "agent").astype(object)
-        source[~np.isin(np.arange(B), stepped)] = ""
+        source[~stepped_mask] = ""
         info: dict[str, Any] = {"logprob_source": source, "_logprob_source": stepped_mask}
         if finished is not None:
             info.update(self._final_info(finished))
