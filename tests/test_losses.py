@@ -162,26 +162,33 @@ def test_grpo_three_normalisations_by_hand():
             loss_type=loss_type,
         )
         assert loss.item() == pytest.approx(want, abs=1e-9), loss_type
-    assert float(kl[0, 1]) == pytest.approx(_k3(-2.0, -1.0), abs=1e-12)
+    assert kl[0, 1].item() == pytest.approx(_k3(-2.0, -1.0), abs=1e-12)
     assert (kl >= 0).all() and (ratio == 1).all()
     with pytest.raises(ValueError, match="loss_type"):
         grpo_loss(logprobs, old, ref, adv, mask, epsilon_low=0.2, epsilon_high=0.2, beta=0.1,
                   loss_type="sum")  # fmt: skip
 
 
-def test_grpo_kl_term_pulls_log_pi_towards_the_reference():
+@pytest.mark.parametrize("kl_ratio", [True, False])
+def test_grpo_kl_term_pulls_log_pi_towards_the_reference(kl_ratio):
     logprobs, old, ref, _, mask = _grpo_batch()
     zero_adv = torch.zeros(2, dtype=torch.float64)
     loss, _, _ = grpo_loss(
         logprobs, old, ref, zero_adv, mask, epsilon_low=0.2, epsilon_high=0.2, beta=0.5,
-        loss_type="bnpo",
+        loss_type="bnpo", kl_ratio=kl_ratio,
     )  # fmt: skip
+    # On-policy (r = 1) the value is β·k3 either way: mean over the 4 real tokens.
+    k3s = [_k3(-1.0, -1.5), _k3(-2.0, -1.0), 0.0, _k3(-1.5, -1.0)]
+    assert loss.item() == pytest.approx(0.5 * sum(k3s) / 4, abs=1e-12)
     loss.backward()
     g = logprobs.grad
-    # d/dπ β·(e^(ρ−π) − (ρ−π) − 1) = β·(1 − e^(ρ−π)); / 4 real tokens
-    assert float(g[0, 0]) == pytest.approx(0.5 * (1 - math.exp(-0.5)) / 4, abs=1e-12)
+    if kl_ratio:  # d/dπ β·r·k3 at r = 1: β·(log π − log ρ), the reverse KL's gradient
+        want = 0.5 * (-1.0 - -1.5) / 4
+    else:  # d/dπ β·(e^(ρ−π) − (ρ−π) − 1) = β·(1 − e^(ρ−π))
+        want = 0.5 * (1 - math.exp(-0.5)) / 4
+    assert g[0, 0].item() == pytest.approx(want, abs=1e-12)
     assert g[0, 0] > 0  # π above ρ: a descent step lowers log π
-    assert g[0, 1] < 0  # π below ρ: a descent step raises log π
+    assert g[0, 1] < 0 and g[1, 0] < 0  # π below ρ: a descent step raises log π
     assert g[0, 2] == 0 and g[1, 1] == 0  # π = ρ, and padding
 
 

@@ -1,9 +1,9 @@
-"""PPO learns on Sort-v0 (β = 0.05 > 0); a learning-rate-0 control does not.
+"""PPO learns from the reward: on Tiny-v0's vowel reward the vowel fraction rises by more than
+the margin, and the same run on the reward-shuffled control (conftest) does not.
 
-Measured on this machine (2 cores, shared; 1 thread), num_envs 64, lr 1e-4, 40 iterations
-(~18k generated tokens, 7-9 s), evaluation = 4 × 64 episodes on fixed seeds, env return
-(RM − β·KL): seeds 0/1/2 went 0.459 → 0.716 / 0.696 / 0.710 (gains +0.24 to +0.26). The test
-asks for +0.10, well under half the smallest measured gain and ~5× the evaluation noise.
+Measured on this machine (2 cores, shared; 1 thread), 20 iterations of 32 episodes, lr 1e-3,
+β = 0.01: see the numbers in the module docstring of tests/conftest.py's fixture runs (printed
+with -s).
 """
 
 from __future__ import annotations
@@ -13,21 +13,17 @@ import torch
 
 from agents import PPO, PPOConfig
 
-MARGIN = 0.10
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_ppo_learns_sort(train_on_sort):
-    before, after, agent = train_on_sort(PPO, PPOConfig, 1e-4)
-    assert after > before + MARGIN, (before, after)
-    last = agent.history[-1]
-    assert last["env/kl"] > 0 and last["env/kl_coef"] == pytest.approx(0.05)
-    assert last["policy/entropy"] < agent.history[0]["policy/entropy"]
-
-
-def test_ppo_lr0_control_does_not_learn(train_on_sort):
-    before, after, _ = train_on_sort(PPO, PPOConfig, 0.0)
-    assert abs(after - before) < 1e-6
+@pytest.mark.parametrize("control", [False, True], ids=["vowels", "shuffled-control"])
+def test_ppo_learns_from_the_reward_only(train_on_vowels, control):
+    run = train_on_vowels(PPO, PPOConfig, control=control)
+    assert run.learned != control, (run.before, run.after)
+    if not control:
+        last, first = run.agent.history[-1], run.agent.history[0]
+        assert last["env/kl"] > 0 and last["env/kl_coef"] == pytest.approx(0.01)
+        assert last["policy/entropy"] < first["policy/entropy"]
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,5 @@
-"""RLOO learns on Sort-v0 (β = 0.05 > 0, KL in the env return); a learning-rate-0 control does not.
-
-Measured on this machine (2 cores, shared; 1 thread), num_envs 64 (16 prompts × k = 4),
-lr 1e-4, 40 iterations (~18k tokens, 4-9 s), evaluation = 4 × 64 episodes on fixed seeds, env
-return (RM − β·KL): seeds 0/1/2 went 0.459 → 0.690 / 0.684 / 0.682 (gains +0.22 to +0.23).
-The test asks for +0.10.
+"""RLOO learns from the reward: on Tiny-v0's vowel reward the vowel fraction rises by more than
+the margin, and the same run on the reward-shuffled control (conftest) does not.
 """
 
 from __future__ import annotations
@@ -12,19 +8,16 @@ import pytest
 
 from agents import RLOO, RLOOConfig
 
-MARGIN = 0.10
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_rloo_learns_sort(train_on_sort):
-    before, after, agent = train_on_sort(RLOO, RLOOConfig, 1e-4, k=4)
-    assert after > before + MARGIN, (before, after)
-    assert agent.history[-1]["env/kl"] > 0
-
-
-def test_rloo_lr0_control_does_not_learn(train_on_sort):
-    before, after, _ = train_on_sort(RLOO, RLOOConfig, 0.0, k=4)
-    assert abs(after - before) < 1e-6
+@pytest.mark.parametrize("control", [False, True], ids=["vowels", "shuffled-control"])
+def test_rloo_learns_from_the_reward_only(train_on_vowels, control):
+    # RLOO's advantages are not normalised: a vowel fraction in [0, 1] needs a larger step.
+    run = train_on_vowels(RLOO, RLOOConfig, control=control, lr=3e-3, k=4)
+    assert run.learned != control, (run.before, run.after)
+    if not control:
+        assert run.agent.history[-1]["env/kl"] > 0
 
 
 def test_rloo_groups_share_a_prompt():
