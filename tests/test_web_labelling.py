@@ -181,6 +181,11 @@ def test_several_labellers_overlap_and_reservations(samples, tmp_path):
         assert r.status_code == 409 and "answered meanwhile" in r.json()["error"]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["labeller"] for r in rows) == ["ann", "bob"]
+    # An expired hold (reserve_s=0) no longer keeps the question from others.
+    app = create_app(LabelSession(samples, tmp_path / "answers3.jsonl"), reserve_s=0.0)
+    with TestClient(app, base_url="http://127.0.0.1") as c:
+        qa = c.get("/api/state?labeller=ann").json()["question"]
+        assert c.get("/api/state?labeller=bob").json()["question"]["qid"] == qa["qid"]
 
     out2 = tmp_path / "answers2.jsonl"
     app = create_app(LabelSession(samples, out2, overlap=2))

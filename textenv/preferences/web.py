@@ -147,6 +147,7 @@ class LabelApp:
         self.session = session
         self.reserve_s = float(reserve_s)
         self.lock = threading.Lock()
+        # Per labeller id, created only when used (a cookie-less client gets a new id per request).
         self.skipped: dict[str, set[str]] = defaultdict(set)
         self.first: dict[str, str | None] = {}
         self.reserved: dict[str, tuple[str, float]] = {}
@@ -165,14 +166,20 @@ class LabelApp:
         s = self.session
         q = s.next_for(
             labeller,
-            skip=self.skipped[labeller],
+            skip=self.skipped.get(labeller, ()),
             first=self.first.get(labeller),
             avoid=self._reserved_by_others(labeller),
         )
-        for qid in [k for k, (who, _) in self.reserved.items() if who == labeller]:
+        now = time.monotonic()
+        # Drop this labeller's hold and every expired one (at most one hold per labeller).
+        for qid in [
+            k
+            for k, (who, t) in self.reserved.items()
+            if who == labeller or now - t >= self.reserve_s
+        ]:
             del self.reserved[qid]
         if q is not None:
-            self.reserved[q.qid] = (labeller, time.monotonic())
+            self.reserved[q.qid] = (labeller, now)
         return q
 
     def state(self, labeller: str) -> dict[str, Any]:
@@ -196,7 +203,7 @@ class LabelApp:
             "answers_file": self.session.path.name,
             "progress": progress,
             "can_undo": progress["mine"] > 0,
-            "skipped": len(self.skipped[labeller]),
+            "skipped": len(self.skipped.get(labeller, ())),
             "done": q is None,
             "question": question,
         }
@@ -249,14 +256,14 @@ class LabelApp:
 
     def unskip(self, labeller: str) -> dict[str, Any]:
         """Ask this labeller's skipped questions again."""
-        self.skipped[labeller].clear()
+        self.skipped.pop(labeller, None)
         return self.state(labeller)
 
     def undo(self, labeller: str) -> dict[str, Any]:
         q = self.session.undo(labeller)
         if q is None:
             raise _Refused(409, "nothing to undo")
-        self.skipped[labeller].discard(q.qid)
+        self.skipped.get(labeller, set()).discard(q.qid)
         self.first[labeller] = q.qid  # asked again next
         return self.state(labeller)
 
