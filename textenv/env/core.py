@@ -354,11 +354,14 @@ class EpisodeBatch:
     ) -> tuple[list[list[int]], list[list[int]]]:
         """What an ids-reading reward gets: each row's prompt ids (no padding) and generated
         ids without special tokens (what the decoded text holds)."""
-        prompts, completions = [], []
-        for r, n in zip(rows, n_tok):
-            prompts.append(self.obs_ids[r, : self.P][self.obs_mask[r, : self.P] == 1].tolist())
-            ids = self.obs_ids[r, self.P : self.P + n]
-            completions.append(ids[~np.isin(ids, self._special_ids)].tolist())
+        width = int(n_tok.max())
+        prompt_ids, prompt_real = self.obs_ids[rows, : self.P], self.obs_mask[rows, : self.P] == 1
+        gen = self.obs_ids[rows, self.P : self.P + width]
+        keep = (self.obs_mask[rows, self.P : self.P + width] == 1) & ~np.isin(
+            gen, self._special_ids
+        )
+        prompts = [ids[real].tolist() for ids, real in zip(prompt_ids, prompt_real)]
+        completions = [ids[k].tolist() for ids, k in zip(gen, keep)]
         return prompts, completions
 
     def _final_reward(self, fin: Finished) -> np.ndarray:
