@@ -15,6 +15,11 @@ function el(tag, cls, text) {
   return e;
 }
 
+// "1 answer", "2 answers".
+function count(n, word) {
+  return `${n} ${word}${n === 1 ? "" : "s"}`;
+}
+
 function say(text) {
   const m = $("msg");
   m.textContent = text || "";
@@ -66,8 +71,8 @@ function showProgress(s) {
   const p = s.progress;
   const pct = p.questions ? Math.round((100 * p.complete) / p.questions) : 100;
   $("progress-text").textContent =
-    `${p.complete} of ${p.questions} questions complete · ` +
-    `${p.answers} ${p.answers === 1 ? "answer" : "answers"} in all · ` +
+    `${p.complete} of ${count(p.questions, "question")} complete · ` +
+    `${count(p.answers, "answer")} in all · ` +
     `you: ${p.mine} answered, ${p.left_for_me} left`;
   $("bar-fill").style.width = pct + "%";
   $("who").textContent = `labeller ${s.labeller} · ${s.answers_file}`;
@@ -84,9 +89,11 @@ function show(s, keepTyped) {
     $("ask").hidden = true;
     $("done").hidden = false;
     const p = s.progress;
-    let text = `You answered ${p.mine} questions; ${p.answers} answers are in ${s.answers_file}.`;
-    if (s.skipped) text += ` You skipped ${s.skipped}.`;
+    let text = `You answered ${count(p.mine, "question")}; ${s.answers_file} holds ` +
+      `${count(p.answers, "answer")}.`;
+    if (s.skipped) text += ` You skipped ${count(s.skipped, "question")}.`;
     if (p.complete < p.questions && !s.skipped) text += " The rest are with other labellers.";
+    $("done-title").textContent = s.skipped ? "Only your skipped questions are left" : "All done";
     $("done-text").textContent = text;
     $("unskip").hidden = !s.skipped;
     return;
