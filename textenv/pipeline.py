@@ -104,7 +104,32 @@ class RunConfig:
         )
         return cls(**{**base, **overrides})
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
+        """Raise ValueError naming the first bad field (bools are not integers or numbers)."""
+        for name in (
+            "seed",
+            "n_prompts",
+            "k",
+            "rm_epochs",
+            "iterations",
+            "num_envs",
+            "eval_every",
+            "eval_prompts",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+        for name in ("label_temperature", "lr", "kl_coef"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number ≥ 0, got {value!r}")
+        if self.rm_epochs < 1:
+            raise ValueError(f"rm_epochs must be ≥ 1, got {self.rm_epochs}")
         if self.task not in PIPELINE_TASKS:
             raise ValueError(f"task must be one of {sorted(PIPELINE_TASKS)}, got {self.task!r}")
         if self.algo not in ALGORITHMS:
