@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from agents.distributed import Dist
+from agents.distributed import COMPUTE_DTYPES, Dist, autocast, float32
 from agents.policy import LMPolicy, Rollout, make_envs
 from textenv.files import (
     append_line,
@@ -76,7 +76,8 @@ class AgentConfig:
         minibatch_size: episodes per gradient step; must divide ``num_envs``.
         max_grad_norm: gradient-norm clip.
         seed: seeds sampling (a ``torch.Generator``), env resets and minibatch order.
-        device: torch device of the policy (the env's models follow ``env_kwargs["device"]``).
+        device: torch device of the policy (``"cuda"``: one GPU per rank). The env's models
+            follow ``env_kwargs["device"]``, which defaults to this device when it is not the CPU.
         temperature: sampling temperature; ``None`` = the env's ``temperature`` (they must
             agree: the env scores the reference at its own temperature).
         log_dir: where ``metrics.jsonl`` and TensorBoard events go (``None``: no files).
@@ -84,6 +85,10 @@ class AgentConfig:
             minute in a file or pipe).
         save_every: iterations between the checkpoints ``learn(..., checkpoint=PATH)`` writes
             (0: only when ``learn`` ends or is stopped by SIGINT / SIGTERM).
+        compute_dtype: ``"float32"``, or ``"bfloat16"`` for mixed precision: the policy's
+            forwards (rollouts, scoring, updates) run under ``torch.autocast``; weights, optimizer
+            and the log-probs the losses use stay float32. (The env's models have their own
+            ``env_kwargs["dtype"]``.)
     """
 
     env_id: str = "textenv/Sort-v0"
@@ -101,6 +106,7 @@ class AgentConfig:
     log_dir: str | None = None
     progress: bool = True
     save_every: int = 0
+    compute_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -133,6 +139,10 @@ class AgentConfig:
         for name in ("anneal_lr", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(
+                f"compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}"
+            )
         for name in ("env_id", "device"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
@@ -281,6 +291,8 @@ class Agent:
         config.device = self.dist.device(config.device)
         if "device" in config.env_kwargs:
             config.env_kwargs["device"] = self.dist.device(config.env_kwargs["device"])
+        elif torch.device(config.device).type != "cpu":  # the env's models follow the policy
+            config.env_kwargs["device"] = config.device
         self.dist.shard_size(config.minibatch_size, "minibatch_size")
         local_envs = self.dist.shard_size(config.num_envs, "num_envs")
         self.envs = make_envs(config.env_id, local_envs, config.env_kwargs)
@@ -367,20 +379,28 @@ class Agent:
     def _all_rows(self, fn: Any) -> Any:
         """``fn(rows)`` (a tensor or a tuple of tensors over rows) for every row of the global
         rollout: each rank computes its own rows and the ranks gather the results."""
-        out = fn(self.dist.local_rows(self.config.num_envs))
+        with self._autocast():
+            out = float32(fn(self.dist.local_rows(self.config.num_envs)))
         if isinstance(out, tuple):
             return tuple(self.dist.gather_cat(x) for x in out)
         return self.dist.gather_cat(out)
 
     def _forward(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run the training forward ``fn(*args, **kwargs)``; with N ranks through
-        ``DistributedDataParallel``, so that :meth:`_step`'s backward averages the gradients."""
+        ``DistributedDataParallel``, so that :meth:`_step`'s backward averages the gradients.
+        Under ``compute_dtype`` autocast; floating outputs come back float32."""
         if not self.dist.enabled:
-            return fn(*args, **kwargs)
+            with self._autocast():
+                return float32(fn(*args, **kwargs))
         if self._ddp is None:
             self._ddp = self.dist.wrap({"policy": self.policy.model, **self.modules()})
         self._ddp_forwards += 1
-        return self._ddp(fn, *args, **kwargs)
+        with self._autocast():
+            return float32(self._ddp(fn, *args, **kwargs))
+
+    def _autocast(self) -> Any:
+        """The precision context of the policy's forwards (``config.compute_dtype``)."""
+        return autocast(self.config.device, self.config.compute_dtype)
 
     def _step(self, loss: torch.Tensor) -> float:
         """One optimizer step. With N ranks, ``loss`` is this rank's share (the ranks' average
@@ -487,7 +507,8 @@ class Agent:
         self.generator.manual_seed(self._rank_seed(1))
         beta = self.env.kl_coef
         # Every rank holds the global batch; β has seen all of its episodes.
-        rollout = self.dist.gather_rollout(self._collect())
+        with self._autocast():
+            rollout = self.dist.gather_rollout(self._collect())
         self.env.kl_coef = self.dist.combine_kl_coef(beta, self.env.kl_coef)
         t1 = time.perf_counter()
         metrics = self._env_metrics(rollout)
@@ -641,7 +662,8 @@ class Agent:
         try:
             for i in range(iterations):
                 gen.manual_seed(seed + i + offset)
-                rollout = self.policy.rollout(gen, seed=seed + 1000 * i + offset)
+                with self._autocast():
+                    rollout = self.policy.rollout(gen, seed=seed + 1000 * i + offset)
                 out.append(self._env_metrics(self.dist.gather_rollout(rollout)))
         finally:  # evaluation episodes must not move an adaptive β
             self.env.kl_coef = beta

@@ -54,6 +54,9 @@ __all__ = [
     "init_distributed",
     "launch",
     "to_argv",
+    "COMPUTE_DTYPES",
+    "autocast",
+    "float32",
     "backend_for",
     "TIMEOUT_ENV",
     "DEFAULT_TIMEOUT_S",
@@ -66,6 +69,28 @@ DEFAULT_TIMEOUT_S = 600.0
 def backend_for(device: str | torch.device) -> str:
     """NCCL for CUDA policies, gloo otherwise."""
     return "nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def autocast(device: str | torch.device, dtype: str) -> Any:
+    """``torch.autocast`` to ``dtype`` on ``device``'s type (CPU or CUDA); a no-op context for
+    ``"float32"``. Mixed precision: weights and gradients stay float32."""
+    if dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}")
+    enabled = dtype != "float32"
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def float32(out: Any) -> Any:
+    """Floating tensors (alone or in a tuple) cast to float32 (differentiably): the losses and
+    batch statistics never run in bfloat16."""
+    if isinstance(out, tuple):
+        return tuple(float32(x) for x in out)
+    if isinstance(out, torch.Tensor) and out.is_floating_point() and out.dtype != torch.float32:
+        return out.float()
+    return out
 
 
 def _env_world_size() -> int:
