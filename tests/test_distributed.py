@@ -36,6 +36,7 @@ COMMON = dict(
 # GRPO's batch std and token-level loss (bnpo) or per-sequence loss, RLOO's batch std.
 CASES = {
     "ppo": (PPO, PPOConfig, {}),
+    "ppo_value_model": (PPO, PPOConfig, dict(value_model="separate", whiten_advantages=False)),
     "grpo_bnpo_batch": (GRPO, GRPOConfig, dict(group_size=4, loss_type="bnpo", scale_rewards="batch")),
     "grpo_seq": (GRPO, GRPOConfig, dict(group_size=4, loss_type="grpo", beta=0.1)),
     "rloo": (RLOO, RLOOConfig, dict(k=4, epochs=2, normalize_advantages=True)),
