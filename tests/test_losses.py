@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,6 +18,8 @@ from agents import GRPO, PPO, RLOO, GRPOConfig, PPOConfig, RLOOConfig
 from agents.grpo import group_advantages, grpo_loss
 from agents.ppo import clipped_policy_loss, clipped_value_loss, gae
 from agents.rloo import leave_one_out_advantages
+from textenv.preferences import PreferencePair
+from textenv.training.bradley_terry import RewardModelConfig, fit_bradley_terry, margins
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -291,3 +294,81 @@ def test_ppo_separate_value_model_is_the_one_that_predicts_values():
     w = [p.detach().clone() for p in agent.value_model.parameters()]
     agent._update(rollout)
     assert any(not torch.equal(a, b) for a, b in zip(w, agent.value_model.parameters()))
+
+
+# --------------------------------------------------------------------------- reward model
+
+
+class ScoreTable(torch.nn.Module):
+    """A "reward model" whose scores are its parameters: one per chosen / rejected text."""
+
+    def __init__(self, chosen: list[float], rejected: list[float], val: list[list[float]]):
+        super().__init__()
+        self.chosen = torch.nn.Parameter(torch.tensor(chosen))
+        self.rejected = torch.nn.Parameter(torch.tensor(rejected))
+        self.val = torch.tensor(val)  # fixed scores of the held-out pairs: (chosen, rejected)
+
+    def rewards(self, split: str, rows) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.as_tensor(rows)
+        if split == "train":
+            return self.chosen[rows], self.rejected[rows]
+        return self.val[0][rows], self.val[1][rows]
+
+
+def _fit_one_step(table: ScoreTable, margins: list[float], val_margins: list[float], **cfg):
+    """One epoch of one batch: a single AdamW step, which moves every score by ≈ −lr·sign(grad)."""
+    config = RewardModelConfig(
+        epochs=1, batch_size=len(margins), lr=0.1, grad_clip=0.0, weight_decay=0.0, **cfg
+    )
+    train_m = np.array(margins, dtype=np.float32)
+    return fit_bradley_terry(
+        table, table.rewards, train_m, np.array(val_margins, np.float32), config
+    )
+
+
+def _softplus(x: float) -> float:
+    return math.log1p(math.exp(x))
+
+
+def test_reward_model_loss_with_margin_by_hand():
+    table = ScoreTable([1.0, 0.0, 2.0], [0.0, 0.5, 2.0], val=[[0.3, 1.0], [0.0, 1.0]])
+    chosen0, rejected0 = table.chosen.detach().clone(), table.rejected.detach().clone()
+    fit = _fit_one_step(table, margins=[0.5, 0.0, 1.0], val_margins=[0.2, 0.0])
+    # −log σ(r_c − r_r − m) = softplus(−(r_c − r_r − m)); d = [0.5, −0.5, −1.0]
+    want = (_softplus(-0.5) + _softplus(0.5) + _softplus(1.0)) / 3
+    epoch1 = fit.history[1]
+    assert epoch1["train_loss"] == pytest.approx(want, abs=1e-6)
+    assert epoch1["train_accuracy"] == pytest.approx((1 + 0 + 0.5) / 3)  # a tie counts ½
+    # Held out, before any step: d = [0.3 − 0 − 0.2, 1 − 1 − 0]
+    val0 = fit.history[0]
+    assert val0["val_loss"] == pytest.approx((_softplus(-0.1) + _softplus(0.0)) / 2, abs=1e-6)
+    assert val0["val_accuracy"] == pytest.approx(0.75)
+    # The step raises every chosen score and lowers every rejected one.
+    torch.testing.assert_close(table.chosen.detach(), chosen0 + 0.1, atol=1e-4, rtol=0)
+    torch.testing.assert_close(table.rejected.detach(), rejected0 - 0.1, atol=1e-4, rtol=0)
+
+
+def test_reward_model_centring_pulls_scores_towards_zero():
+    # r_c + r_r is large: the centring gradient 2·c·(r_c + r_r) outweighs the BT term (≤ 1).
+    table = ScoreTable([5.0, 4.0], [5.0, 3.0], val=[[0.0], [0.0]])
+    fit = _fit_one_step(table, margins=[0.0, 0.0], val_margins=[0.0], center_coef=1.0)
+    torch.testing.assert_close(table.chosen.detach(), torch.tensor([4.9, 3.9]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(table.rejected.detach(), torch.tensor([4.9, 2.9]), atol=1e-4, rtol=0)
+    # The reported loss is the Bradley–Terry part alone: d = [0, 1]
+    assert fit.history[1]["train_loss"] == pytest.approx(
+        (_softplus(0.0) + _softplus(-1.0)) / 2, abs=1e-6
+    )
+    negative = ScoreTable([-5.0], [-5.0], val=[[0.0], [0.0]])  # below 0: pulled up
+    _fit_one_step(negative, margins=[0.0], val_margins=[0.0], center_coef=1.0)
+    assert negative.chosen.item() == pytest.approx(-4.9, abs=1e-4)
+    assert negative.rejected.item() == pytest.approx(-4.9, abs=1e-4)
+
+
+def test_reward_model_margins_come_from_the_pairs_only_with_use_margin():
+    pairs = [
+        PreferencePair("p", "a", "b", margin=0.7),
+        PreferencePair("p", "a", "c", margin=None),
+        PreferencePair("q", "a", "b"),
+    ]
+    np.testing.assert_allclose(margins(pairs, use_margin=True), [0.7, 0.0, 0.0], atol=1e-7)
+    np.testing.assert_array_equal(margins(pairs, use_margin=False), [0.0, 0.0, 0.0])

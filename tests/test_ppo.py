@@ -2,8 +2,7 @@
 the margin, and the same run on the reward-shuffled control (conftest) does not.
 
 Measured on this machine (2 cores, shared; 1 thread), 20 iterations of 32 episodes, lr 1e-3,
-β = 0.01: see the numbers in the module docstring of tests/conftest.py's fixture runs (printed
-with -s).
+β = 0.01: vowel fraction 0.025 → 0.744 (control 0.025 → 0.014), 9 s per run; margin 0.25.
 """
 
 from __future__ import annotations
