@@ -307,6 +307,8 @@ class Agent:
             lr=config.lr,
             eps=1e-5,
             weight_decay=0,
+            # One fused kernel instead of ~10 ops per tensor: 4-9% of an update here.
+            fused=torch.device(config.device).type in ("cpu", "cuda"),
         )
         self.generator = torch.Generator(device=config.device)
         self._ddp: torch.nn.Module | None = None
@@ -385,6 +387,16 @@ class Agent:
             return tuple(self.dist.gather_cat(x) for x in out)
         return self.dist.gather_cat(out)
 
+    def _old_logprobs(self, rollout: Rollout) -> torch.Tensor:
+        """log π_old of every completion token: the log-probs the rollout sampled with (the same
+        weights, the same temperature), so no forward is spent on them. Under bfloat16 autocast
+        the update's forwards round differently from the float32 sampler, so they are scored
+        again the same way (the first ratio is then exactly 1)."""
+        if self.config.compute_dtype == "float32":
+            return rollout.logprobs
+        with torch.no_grad():
+            return self._all_rows(lambda rows: self.policy.score(rollout, rows))
+
     def _forward(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run the training forward ``fn(*args, **kwargs)``; with N ranks through
         ``DistributedDataParallel``, so that :meth:`_step`'s backward averages the gradients.
@@ -407,9 +419,10 @@ class Agent:
         is the loss of the global minibatch) and its forward went through :meth:`_forward`."""
         if self.dist.enabled and self._ddp_forwards != 1:
             raise RuntimeError(
-                f"{type(self).__name__}: with {self.dist.world_size} ranks each gradient step "
-                f"needs exactly one training forward through Agent._forward (got "
-                f"{self._ddp_forwards}), or the ranks' gradients would not be averaged"
+                f"{type(self).__name__} cannot train on {self.dist.world_size} ranks: each "
+                f"gradient step needs exactly one training forward through Agent._forward, so "
+                f"that DistributedDataParallel averages the gradients (this step had "
+                f"{self._ddp_forwards})"
             )
         self._ddp_forwards = 0
         self.optimizer.zero_grad(set_to_none=True)

@@ -173,6 +173,15 @@ def test_rank_arithmetic_and_errors():
         Dist(rank=2, world_size=2)
 
 
+def test_a_step_without_a_ddp_forward_is_refused_on_ranks():
+    agent = PPO(PPOConfig(**{**COMMON, "num_envs": 4, "minibatch_size": 2}))
+    agent.dist = Dist(rank=0, world_size=2)  # as on rank 0 of two (no collective is reached)
+    loss = sum(p.sum() for p in agent.parameters()) * 0.0
+    with pytest.raises(RuntimeError, match=r"PPO cannot train on 2 ranks: .*Agent._forward"):
+        agent._step(loss)
+    agent.close()
+
+
 def test_train_options_reach_the_ranks():
     args = build_parser().parse_args(
         ["--algo", "grpo", "--out", "ck", "--config", '{"lr": 0.1}', "--resume", "--seed", "3"]
