@@ -180,8 +180,7 @@ class GRPO(Agent):
         )
         ref = torch.as_tensor(rollout.ref_logprobs, dtype=torch.float32, device=mask.device)
         ref = torch.where(mask, ref.nan_to_num(0.0), 0.0)
-        with torch.no_grad():
-            old_logprobs = self._all_rows(lambda rows: self.policy.score(rollout, rows))
+        old_logprobs = self._old_logprobs(rollout)
         stats: dict[str, list[float]] = {
             k: [] for k in ("loss", "kl", "clip_low", "clip_high", "approx_kl", "grad")
         }

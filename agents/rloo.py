@@ -75,8 +75,7 @@ class RLOO(Agent):
         advantages = leave_one_out_advantages(rollout.returns, cfg.k)
         if cfg.normalize_advantages:
             advantages = advantages / (advantages.std() + 1e-8)
-        with torch.no_grad():
-            old_logprobs = self._all_rows(lambda rows: self.policy.score(rollout, rows))
+        old_logprobs = self._old_logprobs(rollout)
         losses, approx_kls, clipfracs, grads = [], [], [], []
         for _epoch in range(cfg.epochs):
             for rows in self._minibatches():

@@ -6,7 +6,8 @@ made faster, but not different beyond floating-point noise. ``EXPECTED`` was pro
 plus this file), on one torch thread: two iterations of 16 episodes on ``textenv/Sort-v0``
 (seed 0), the second of which samples from the policy the first update produced.
 ``env/train_return`` is the mean of the rewards the agent trained on (it was logged as
-``env/return`` when the numbers were produced). The tolerance
+``env/return`` when the numbers were produced); GRPO runs with ``kl_ratio=False``, the k3 term
+of the loss as it was then (the ratio-weighted term came later, on purpose). The tolerance
 is float noise (a reordered sum or a fused kernel moves the 6th digit), far below what a real
 change of the update does (a different loss or a skipped step moves the 1st-3rd digit).
 """
@@ -63,7 +64,7 @@ def _run(algo: str) -> tuple[dict[str, float], float]:
     if algo == "ppo":
         agent = PPO(PPOConfig(minibatch_size=8, epochs=2, **common))
     else:
-        agent = GRPO(GRPOConfig(minibatch_size=8, epochs=2, group_size=4, **common))
+        agent = GRPO(GRPOConfig(minibatch_size=8, epochs=2, group_size=4, kl_ratio=False, **common))
     start = [p.detach().clone() for p in agent.policy.model.parameters()]
     agent.learn(10**6, iterations=2)
     moved = sum(
