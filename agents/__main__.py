@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 
 import torch
@@ -23,7 +24,7 @@ import torch.distributed as tdist
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from agents import ALGORITHMS
-from agents.distributed import DEFAULT_TIMEOUT_S, TIMEOUT_ENV, init_distributed
+from agents.distributed import DEFAULT_TIMEOUT_S, TIMEOUT_ENV
 
 __all__ = ["build_parser", "run", "main"]
 
@@ -46,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-dir", default=None, help="metrics.jsonl + TensorBoard (default OUT-logs)")
     p.add_argument("--resume", action="store_true", help="continue the agent saved in --out")
+    p.add_argument(
+        "--trust-specs",
+        action="store_true",
+        help="with --resume: allow module:function specs in the checkpoint's config",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads per rank (0: default)")
     p.add_argument(
         "--dist-timeout",
@@ -77,20 +83,16 @@ def run(args: argparse.Namespace) -> int:
         if "data" not in {f.name for f in dataclasses.fields(ALGORITHMS[args.algo][1])}:
             raise SystemExit(f"--data is for preference-trained agents (dpo), not {args.algo}")
         overrides["data"] = args.data
-    device = str(overrides.get("device", "cpu"))
-    dist = init_distributed(device, args.dist_timeout)
+    if args.dist_timeout is not None:  # read when the agent joins the process group
+        os.environ[TIMEOUT_ENV] = str(args.dist_timeout)
     agent_cls, config_cls = ALGORITHMS[args.algo]
+    overrides.setdefault("log_dir", args.log_dir or args.out + "-logs")
     if args.resume:
-        agent = agent_cls.load(args.out, **overrides)
+        agent = agent_cls.load(args.out, trust_specs=args.trust_specs, **overrides)
     else:
-        config = config_cls(
-            env_id=args.env,
-            env_kwargs=env_kwargs,
-            seed=args.seed,
-            log_dir=args.log_dir or args.out + "-logs",
-            **overrides,
-        )
+        config = config_cls(env_id=args.env, env_kwargs=env_kwargs, seed=args.seed, **overrides)
         agent = agent_cls(config)
+    dist = agent.dist  # the agent joined torchrun's group, on its device's backend
     before = agent.evaluate(1)  # every rank plays its share of the episodes
     agent.learn(args.total_tokens)
     after = agent.evaluate(1)
