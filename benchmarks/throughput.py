@@ -10,7 +10,10 @@ suppressed). Variants:
 (s) the same model work as (o) with the package's KV-cached sampler instead of ``generate``: the
     strictest no-env baseline (the same decode loop (b) uses, minus everything the env does);
 (b) the package's sampler driving the native vector env with the log π channel (reference
-    log-probs, RM on decoded text, KL: everything the env does);
+    log-probs, RM, KL: everything the env does); the RM shares the policy's tokenizer, so the
+    env hands it the generated ids (:mod:`textenv.rewards.capabilities`);
+(t) (b) with the same RM behind a plain text callable: the env decodes the completions and the RM
+    re-tokenises ``prompt + completion`` (what any reward that reads text costs);
 (c) the same sampler through B single envs from ``gym.make`` (a Python loop over envs per step);
 (d) a naive batched env that re-runs the whole prefix through the reference every step (what
     replaying every token through a stateless env costs);
@@ -57,6 +60,7 @@ from textenv.lm.sampling import (
     sample_tokens,
     sequence_logprobs,
 )
+from textenv.rewards import load_reward
 
 RESULTS = Path(__file__).parent / "results"
 POLICY = "tiny:layers=2,width=128,heads=4,vocab=512,seed=1"
@@ -206,6 +210,15 @@ def rollout_naive(policy, naive: NaiveEnv, batch: int, gen: torch.Generator) -> 
             logits = lm.step(tokens)
 
 
+def text_only(reward):
+    """The RM as a plain ``(prompts, completions, metadata)`` callable: it reads text only."""
+
+    def score(prompts, completions, metadata):
+        return reward(prompts, completions, metadata)
+
+    return score
+
+
 def fused_head_folder() -> str:
     """A fused reward head (random weights: speed does not depend on them) on the reference."""
     import tempfile
@@ -241,11 +254,19 @@ def measure(batch: int, repeats: int, with_singles: bool) -> dict:
         autoreset_mode=gym.vector.AutoresetMode.DISABLED,
         **dict(env_kwargs(), reward=fused_head_folder()),
     )
+    text_envs = gym.make_vec(
+        "textenv/TextGen-v0",
+        num_envs=batch,
+        vectorization_mode="vector_entry_point",
+        autoreset_mode=gym.vector.AutoresetMode.DISABLED,
+        **dict(env_kwargs(), reward=text_only(load_reward(REWARD))),
+    )
     variants: dict[str, Callable[[], object]] = {
         "a_generate": lambda: run_generate(policy, batch, gen),
         "o_model_work": lambda: run_model_work(policy, reference, rm, batch, gen),
         "s_sampler_model_work": lambda: run_sampler_model_work(policy, reference, rm, batch, gen),
         "b_native_env": lambda: rollout_native(policy, envs, batch, gen),
+        "t_native_env_text_rm": lambda: rollout_native(policy, text_envs, batch, gen),
         "d_naive_env": lambda: rollout_naive(policy, NaiveEnv(reference, rm), batch, gen),
         "f_native_env_fused_rm": lambda: rollout_native(policy, fused_envs, batch, gen),
     }
@@ -269,6 +290,7 @@ def measure(batch: int, repeats: int, with_singles: bool) -> dict:
         "b/a": b / tok_s["a_generate"],
         "o/a": tok_s["o_model_work"] / tok_s["a_generate"],
         "b/d": b / tok_s["d_naive_env"],
+        "b/t": b / tok_s["t_native_env_text_rm"],
         "f/a": tok_s["f_native_env_fused_rm"] / tok_s["a_generate"],
         "f/b": tok_s["f_native_env_fused_rm"] / b,
     }
@@ -434,18 +456,20 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(result, indent=2))
     lines = [
         "| B | (a) generate | (o) model work | (s) model work, own sampler | (b) native env "
-        "| (c) single envs | (d) naive env | (f) native env, fused RM | b/o | b/s | b/a | b/c | b/d "
-        "| f/a |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| (t) native env, text RM | (c) single envs | (d) naive env | (f) native env, fused RM "
+        "| b/o | b/s | b/t | b/a | b/c | b/d | f/a | others' CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         t, r = row["tokens_per_s"], row["ratios"]
         lines.append(
             f"| {row['batch']} | {t['a_generate']:.0f} | {t['o_model_work']:.0f} | "
-            f"{t['s_sampler_model_work']:.0f} | {t['b_native_env']:.0f} | {t.get('c_single_envs', float('nan')):.0f} | "
+            f"{t['s_sampler_model_work']:.0f} | {t['b_native_env']:.0f} | "
+            f"{t['t_native_env_text_rm']:.0f} | {t.get('c_single_envs', float('nan')):.0f} | "
             f"{t['d_naive_env']:.0f} | {t['f_native_env_fused_rm']:.0f} | {r['b/o']:.2f} | "
-            f"{r['b/s']:.2f} | "
-            f"{r['b/a']:.2f} | {r.get('b/c', float('nan')):.2f} | {r['b/d']:.2f} | {r['f/a']:.2f} |"
+            f"{r['b/s']:.2f} | {r['b/t']:.2f} | "
+            f"{r['b/a']:.2f} | {r.get('b/c', float('nan')):.2f} | {r['b/d']:.2f} | {r['f/a']:.2f} | "
+            f"{row['others_cpu_share']:.0%} |"
         )
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")

@@ -20,10 +20,10 @@ def test_throughput_script_writes_every_variant(tmp_path):
     (row,) = result["rows"]
     assert set(row["tokens_per_s"]) == {
         "a_generate", "o_model_work", "s_sampler_model_work", "b_native_env", "c_single_envs",
-        "d_naive_env", "f_native_env_fused_rm",
+        "d_naive_env", "f_native_env_fused_rm", "t_native_env_text_rm",
     }  # fmt: skip
     assert all(v > 0 for v in row["tokens_per_s"].values())
-    assert {"b/o", "b/s", "b/a", "b/c", "b/d", "f/a"} <= set(row["ratios"])
+    assert {"b/o", "b/s", "b/t", "b/a", "b/c", "b/d", "f/a"} <= set(row["ratios"])
     assert out.with_suffix(".md").read_text().startswith("| B |")
 
 
