@@ -77,6 +77,7 @@ from textenv.env.prompts import PromptEncoder
 from textenv.lm.models import load_frozen_causal_lm
 from textenv.lm.sampling import sequence_logprobs
 from textenv.preferences import PreferencePair, read_preferences
+from textenv.progress import progress
 
 __all__ = ["DPOConfig", "DPO", "EncodedPairs", "encode_pairs", "dpo_loss", "LOSS_TYPES"]
 
@@ -343,14 +344,16 @@ class DPO(Agent):
         width = int(torch.maximum(cm.sum(-1), rm.sum(-1)).max())  # drop all-padding columns
         mask = torch.cat([cm, rm])[:, :width]
         device = next(model.parameters()).device
-        lp = sequence_logprobs(
-            model,
-            torch.cat([data.prompt_ids[idx], data.prompt_ids[idx]]).to(device),
-            torch.cat([data.prompt_mask[idx], data.prompt_mask[idx]]).to(device),
-            torch.cat([data.chosen[idx], data.rejected[idx]])[:, :width].to(device),
-            mask.to(device),
-            self.policy.temperature,
-        ).to(mask.device)
+        with self._autocast():  # config.compute_dtype, for the reference too (π = ρ at start)
+            lp = sequence_logprobs(
+                model,
+                torch.cat([data.prompt_ids[idx], data.prompt_ids[idx]]).to(device),
+                torch.cat([data.prompt_mask[idx], data.prompt_mask[idx]]).to(device),
+                torch.cat([data.chosen[idx], data.rejected[idx]])[:, :width].to(device),
+                mask.to(device),
+                self.policy.temperature,
+            )
+        lp = lp.float().to(mask.device)
         total = (lp * mask).sum(-1)
         if self._average:
             total = total / mask.sum(-1).clamp_min(1)
@@ -518,8 +521,6 @@ class DPO(Agent):
         (The loop is DPO's own because its rows carry ``env/*`` metrics only on evaluation
         iterations, and its progress bar shows the DPO loss instead of the env return.)
         """
-        from tqdm.auto import tqdm
-
         if (total_tokens is None) == (passes is None):
             raise ValueError("pass exactly one of total_tokens or passes")
         if passes is not None:
@@ -530,8 +531,8 @@ class DPO(Agent):
             raise ValueError(f"total_tokens must be ≥ 1, got {total_tokens}")
         self._start_schedule(total_tokens)
         self.interrupted = None
-        bar = tqdm(
-            total=total_tokens,
+        bar = progress(
+            total_tokens,
             initial=min(self.tokens_seen, total_tokens),
             disable=not self.config.progress,
             unit="tok",
@@ -548,9 +549,8 @@ class DPO(Agent):
                     bar.update(min(self.tokens_seen - before, max(total_tokens - bar.n, 0)))
                     last = self.history[-1]
                     bar.set_postfix(
-                        loss=f"{last['dpo/loss']:.3f}", acc=f"{last['dpo/accuracy']:.2f}",
-                        refresh=False,
-                    )  # fmt: skip
+                        loss=f"{last['dpo/loss']:.3f}", acc=f"{last['dpo/accuracy']:.2f}"
+                    )
                     done += 1
                     every = self.config.save_every
                     if checkpoint is not None and every and self.iteration % every == 0:

@@ -271,8 +271,7 @@ def test_resume_continues_exactly(data, tmp_path):
     kw = dict(batch_size=32, minibatch_size=16)
     straight = DPO(_config(data["train"], **kw)).learn(10**6, iterations=4)
     first = DPO(_config(data["train"], log_dir=str(tmp_path / "logs"), **kw))
-    first.learn(10**6, iterations=2)
-    first.save(tmp_path / "ckpt")
+    first.learn(10**6, iterations=2, checkpoint=tmp_path / "ckpt")  # saved when learn ends
     resumed = DPO.load(tmp_path / "ckpt", progress=False)
     assert resumed.iteration == 2 and resumed.tokens_seen == first.tokens_seen
     resumed.learn(10**6, iterations=2)
@@ -359,3 +358,14 @@ def test_main_job_with_dpo(tmp_path):
     curve = json.loads((tmp_path / "run" / "policy" / "curve.json").read_text())
     assert [p["iteration"] for p in curve] == [0, 3, 6]
     assert (tmp_path / "run" / "evaluation" / "reward_vs_kl.png").is_file()
+
+
+def test_bfloat16_compute_starts_at_the_reference(data):
+    """Under compute_dtype="bfloat16" the reference is scored in the same precision, so the
+    policy starts exactly at the reference (h = 0) and still trains."""
+    agent = DPO(_config(data["train"], compute_dtype="bfloat16", batch_size=32))
+    start = agent.evaluate_pairs(data["val"])
+    assert start["accuracy"] == 0.5 and start["margin"] == 0.0
+    agent.learn(10**9, iterations=2)
+    assert agent.history[-1]["dpo/margin"] != 0.0
+    agent.close()
