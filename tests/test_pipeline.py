@@ -1,13 +1,31 @@
-"""`textenv run`: the whole loop end to end on a tiny budget; seeded; resumable."""
+"""`textenv run`: the whole loop end to end on a tiny budget; seeded; resumable; and what it
+claims to learn, each claim against a control that must fail it.
+
+* The reward model beats chance on fresh held-out pairs (eval-split prompts, labelled like the
+  training pairs), by more than RM_MARGIN; the same training on label-shuffled pairs does not.
+  Measured on the Sort task's quick run: 0.755 on 636 held-out pairs, the control 0.506.
+* The proxy reward rises by more than two standard errors over the RL stage.
+"""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from textenv import pipeline
 from textenv.pipeline import RunConfig, run
+from textenv.preferences import (
+    PreferencePair,
+    SimulatedLabeller,
+    read_preferences,
+    sample_completions,
+)
+from textenv.training.bradley_terry import RewardModelConfig
+from textenv.training.reward_model import evaluate_reward, train_reward
+
+RM_MARGIN = 0.10  # held-out pair accuracy above chance (0.5)
 
 
 @pytest.fixture(scope="module")
@@ -15,6 +33,85 @@ def finished_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run") / "a"
     summaries = run(RunConfig.quick(), run_dir)  # exactly `textenv run --quick`
     return run_dir, summaries
+
+
+@pytest.fixture(scope="module")
+def sort_run(tmp_path_factory):
+    """`textenv run --quick --task sort` (about 10 s)."""
+    config = RunConfig.quick(task="sort")
+    run_dir = tmp_path_factory.mktemp("run") / "sort"
+    return config, run_dir, run(config, run_dir)
+
+
+def held_out_pairs(config: RunConfig) -> list[PreferencePair]:
+    """Pairs the RM never saw: reference samples on eval-split prompts, labelled like the run's."""
+    task = pipeline._task(config)
+    rows = sample_completions(
+        task["reference"],
+        task["prompts"],
+        k=config.k,
+        max_new_tokens=task["max_new_tokens"],
+        max_prompt_tokens=task["max_prompt_tokens"],
+        seed=config.seed + 7,
+        split="eval",
+        n_prompts=128,
+    )
+    labeller = SimulatedLabeller(
+        task["gold"], temperature=config.label_temperature, ties="skip", seed=config.seed + 7
+    )
+    return labeller.label_samples(rows).items
+
+
+def test_quick_run_reward_model_beats_chance_and_a_shuffled_label_control_does_not(
+    sort_run, tmp_path
+):
+    config, run_dir, summaries = sort_run
+    held = held_out_pairs(config)
+    assert len(held) > 300
+    real = evaluate_reward(str(run_dir / "reward_model" / "rm"), held)["accuracy"]
+    # The control: the run's own training pairs, half of them with chosen and rejected swapped.
+    rng = np.random.default_rng(0)
+    pairs = list(read_preferences(run_dir / "preferences" / "preferences.jsonl"))
+    shuffled = [
+        PreferencePair(p.prompt, p.rejected, p.chosen, p.margin, p.metadata)
+        if rng.random() < 0.5
+        else p
+        for p in pairs
+    ]
+    task = pipeline._task(config)
+    rm_config = RewardModelConfig(
+        kind=config.rm, backbone=task["reference"], epochs=config.rm_epochs, seed=config.seed
+    )
+    train_reward(shuffled, tmp_path / "control_rm", rm_config)
+    control = evaluate_reward(str(tmp_path / "control_rm"), held)["accuracy"]
+    print(f"held-out pair accuracy: RM {real:.3f}, shuffled-label control {control:.3f}")
+    assert real > 0.5 + RM_MARGIN, real
+    assert not control > 0.5 + RM_MARGIN, control
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the default quick run (Sentiment, 96 prompts) trains its RM on ~190 pairs of "
+    "VADER-labelled prose: measured 0.40 on its 25 held-out pairs and 0.49 on 308 fresh ones, "
+    "chance; its policy then climbs a proxy that carries no preference",
+)
+def test_default_quick_run_reward_model_beats_chance(finished_run):
+    run_dir, _ = finished_run
+    held = held_out_pairs(RunConfig.quick())
+    assert evaluate_reward(str(run_dir / "reward_model" / "rm"), held)["accuracy"] > 0.5 + RM_MARGIN
+
+
+@pytest.mark.parametrize("which", ["default", "sort"])
+def test_quick_run_proxy_reward_rises(which, request):
+    run_dir = (
+        request.getfixturevalue("finished_run")[0]
+        if which == "default"
+        else request.getfixturevalue("sort_run")[1]
+    )
+    curve = json.loads((run_dir / "policy" / "curve.json").read_text())
+    first, last = curve[0]["rm_score"], curve[-1]["rm_score"]
+    se = float(np.hypot(first["sem"], last["sem"]))
+    assert last["mean"] - first["mean"] > 2 * se, (first, last)
 
 
 def test_quick_run_writes_every_output(finished_run):
