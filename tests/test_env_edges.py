@@ -18,6 +18,12 @@ import pytest
 import torch
 from gymnasium.vector import AutoresetMode
 
+from textenv.env.kl import (
+    AdaptiveKLController,
+    FixedKLController,
+    kl_estimate,
+    make_kl_controller,
+)
 from textenv.env.single import TextGenEnv
 from textenv.env.vector import TextGenVectorEnv
 from textenv.lm.models import load_frozen_causal_lm, load_tokenizer
@@ -210,3 +216,42 @@ def test_kl_reward_none_leaves_the_rm_score_alone():
     ref = hand_ref_logprobs(PROMPT, TOKENS)
     assert info["kl"] == pytest.approx(sum(lp - r for lp, r in zip(LOGPI, ref)), abs=1e-4)
     assert rewards == [0.0, 0.0, 0.0, pytest.approx(info["rm_score"], abs=1e-12)]
+
+
+# --------------------------------------------------------------------------- KL̂ and β: edges
+
+
+def test_kl_estimate_defaults_to_k1_and_keeps_torch_graphs():
+    lp = torch.tensor([-1.0, -3.0], requires_grad=True)
+    ref = torch.tensor([-2.0, -1.0])
+    assert torch.equal(kl_estimate(lp, ref).detach(), torch.tensor([1.0, -2.0]))  # k1: π − ρ
+    for estimator in ("k1", "k2", "k3"):
+        for clamp in (None, 1.5):
+            out = kl_estimate(lp, ref, estimator, max_log_ratio=clamp)
+            assert isinstance(out, torch.Tensor) and out.requires_grad, (estimator, clamp)
+    np.testing.assert_array_equal(kl_estimate(np.array([-1.0]), np.array([-2.0])), [1.0])
+
+
+def test_k3_clamps_the_log_ratio_on_both_sides_and_only_k3():
+    lp = np.array([-1.0, -10.0, -1.0])
+    ref = np.array([-10.0, -1.0, -1.5])  # log ρ − log π = [−9, 9, −0.5]
+    want = [math.exp(-2) - 1 + 2, math.exp(2) - 1 - 2, math.exp(-0.5) - 1 + 0.5]
+    np.testing.assert_allclose(kl_estimate(lp, ref, "k3", max_log_ratio=2.0), want)
+    got = kl_estimate(torch.tensor(lp), torch.tensor(ref), "k3", max_log_ratio=2.0)
+    np.testing.assert_allclose(got.numpy(), want)
+    np.testing.assert_allclose(kl_estimate(lp, ref, "k1", max_log_ratio=2.0), [9.0, -9.0, 0.5])
+    np.testing.assert_allclose(kl_estimate(lp, ref, "k2", max_log_ratio=2.0), [40.5, 40.5, 0.125])
+    unclamped = [math.exp(-9) - 1 + 9, math.exp(9) - 1 - 9, want[2]]
+    np.testing.assert_allclose(kl_estimate(lp, ref, "k3"), unclamped)
+
+
+def test_adaptive_controller_edges():
+    c = AdaptiveKLController(0.1, target=10.0, horizon=100.0)
+    c.update(0.0, 10)  # error = clip(0/10 − 1, ±0.2) = −0.2 (clipped from −1)
+    assert c.value == pytest.approx(0.1 * (1 - 0.2 * 10 / 100))
+    assert AdaptiveKLController(0.1, 1.0, horizon=0.5).horizon == 0.5  # any positive horizon
+    with pytest.raises(ValueError, match="horizon"):
+        AdaptiveKLController(0.1, 1.0, horizon=0.0)
+    assert make_kl_controller(0.1, 1.0).horizon == 10_000.0
+    assert FixedKLController(0.0).value == 0.0  # β = 0: no penalty, allowed
+    assert AdaptiveKLController(0.0, 1.0).value == 0.0
