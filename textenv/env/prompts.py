@@ -28,6 +28,7 @@ import numpy as np
 
 from textenv.env.config import SPLITS
 from textenv.lm.models import import_callable, is_callable_spec
+from textenv.lm.padding import encode_texts
 
 __all__ = [
     "Prompt",
@@ -187,12 +188,12 @@ class PromptEncoder:
         ids = self._cache.get(text)
         if ids is not None:
             return ids
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if not ids:  # an empty prompt still needs one token to condition on
-            ids = [self.tokenizer.eos_token_id]
-        if self.bos_id is not None and ids[0] != self.bos_id:
-            ids = [self.bos_id, *ids[-(self.max_tokens - 1) :]] if self.max_tokens > 1 else ids
-        ids = ids[-self.max_tokens :]  # left-truncate: keep the end, next to the completion
+        # Left-truncated (the end of a prompt, next to the completion, matters most); an empty
+        # prompt becomes EOS (the model needs one token to condition on).
+        with_bos = self.bos_id is not None and self.max_tokens > 1
+        ids = encode_texts(self.tokenizer, [text], self.max_tokens - with_bos)[0]
+        if with_bos and ids[0] != self.bos_id:
+            ids = [self.bos_id, *ids]
         cost = self._cost(text, ids)
         if cost <= self.max_bytes:
             self._cache[text] = ids
