@@ -83,8 +83,9 @@ class AgentConfig:
         log_dir: where ``metrics.jsonl`` and TensorBoard events go (``None``: no files).
         progress: report progress in ``learn`` (a bar on a terminal, a few plain lines a
             minute in a file or pipe).
-        save_every: iterations between the checkpoints ``learn(..., checkpoint=PATH)`` writes
-            (0: only when ``learn`` ends or is stopped by SIGINT / SIGTERM).
+        save_every: iterations between the checkpoints ``learn(..., checkpoint=PATH)`` writes,
+            besides the ones when ``learn`` ends or is stopped by SIGINT / SIGTERM (0: only those;
+            a SIGKILL then loses everything since the last one).
         compute_dtype: ``"float32"``, or ``"bfloat16"`` for mixed precision: the policy's
             forwards (rollouts, scoring, updates) run under ``torch.autocast``; weights, optimizer
             and the log-probs the losses use stay float32. (The env's models have their own
@@ -105,7 +106,7 @@ class AgentConfig:
     temperature: float | None = None
     log_dir: str | None = None
     progress: bool = True
-    save_every: int = 0
+    save_every: int = 10
     compute_dtype: str = "float32"
 
     def __post_init__(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -238,6 +239,11 @@ def test_cli_train_refuses_an_existing_out_and_resumes(tmp_path, capsys):
     assert resumed == list(range(1, len(resumed) + 1)) and len(resumed) > len(first)
     assert main(_train_argv(out, "--total-tokens", "40", "--overwrite")) == 0
     assert _iterations(tmp_path / "agent-logs") == first  # a new run, its own metrics only
+    # A run SIGKILLed before its first checkpoint left metrics: a rerun does not append to them.
+    shutil.rmtree(out)
+    with pytest.raises(SystemExit, match="another run's metrics.*--overwrite"):
+        main(_train_argv(out, "--total-tokens", "40"))
+    assert _iterations(tmp_path / "agent-logs") == first
     (tmp_path / "file").write_text("x")
     with pytest.raises(SystemExit, match="not a folder"):
         main(_train_argv(tmp_path / "file", "--total-tokens", "40"))

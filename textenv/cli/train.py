@@ -76,7 +76,9 @@ def _train(args: argparse.Namespace) -> int:
         try:
             config = config_cls(**overrides)
             agent = agent_cls(config)
-        except (ValueError, FileExistsError) as exc:
+        except FileExistsError as exc:  # the log folder holds another run's metrics
+            raise _fail(f"{exc} (or pass --overwrite to replace that run)") from None
+        except ValueError as exc:
             raise _fail(str(exc)) from None
     before = agent.evaluate(1)
     if "checkpoint" in inspect.signature(agent.learn).parameters:
