@@ -219,6 +219,8 @@ def test_group_advantages_by_hand():
     torch.testing.assert_close(std, torch.tensor([s, 0.0, 2 * s]))
     assert (adv[2:4] == 0).all()  # a group of equal rewards teaches nothing
     torch.testing.assert_close(adv[4:], torch.tensor([-2 / (2 * s + 0.01), 2 / (2 * s + 0.01)]))
+    default, _ = group_advantages(r, 2)  # the defaults: group std, ε = 1e-4
+    torch.testing.assert_close(default[:2], torch.tensor([-1 / (s + 1e-4), 1 / (s + 1e-4)]))
 
 
 # --------------------------------------------------------------------------- RLOO
