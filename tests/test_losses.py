@@ -9,6 +9,7 @@ stops the gradient on one side only; the KL term pulls log π towards log ρ).
 from __future__ import annotations
 
 import math
+import statistics
 
 import numpy as np
 import pytest
@@ -221,6 +222,15 @@ def test_group_advantages_by_hand():
     torch.testing.assert_close(adv[4:], torch.tensor([-2 / (2 * s + 0.01), 2 / (2 * s + 0.01)]))
     default, _ = group_advantages(r, 2)  # the defaults: group std, ε = 1e-4
     torch.testing.assert_close(default[:2], torch.tensor([-1 / (s + 1e-4), 1 / (s + 1e-4)]))
+    centred = [-1.0, 1.0, 0.0, 0.0, -2.0, 2.0]  # Dr. GRPO: centred, not scaled
+    torch.testing.assert_close(group_advantages(r, 2, "none")[0], torch.tensor(centred))
+    batch_std = statistics.stdev([1.0, 3.0, 0.0, 0.0, 4.0, 8.0])  # one std for the whole batch
+    torch.testing.assert_close(
+        group_advantages(r, 2, "batch", eps=0.01)[0],
+        torch.tensor([c / (batch_std + 0.01) for c in centred]),
+    )
+    with pytest.raises(ValueError, match="scale must be one of"):
+        group_advantages(r, 2, "std")
 
 
 # --------------------------------------------------------------------------- RLOO
