@@ -171,3 +171,151 @@ def run_preference(
         "heldout_pairs": int(held["n"]),
         "train_accuracy_last": train_acc,
     }
+
+
+# --------------------------------------------------------------------------- comparison report
+
+
+def _ms(values: list[float]) -> list[float]:
+    v = np.asarray(values, dtype=np.float64)
+    return [float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan")]
+
+
+def _best_at(points: list[dict], kl: float, gold: str = "gold_score") -> dict | None:
+    ok = [p for p in points if p["kl"] <= kl]
+    return max(ok, key=lambda p: p[gold]) if ok else None
+
+
+def comparison(results: Path) -> dict[str, Any]:
+    """DPO / IPO (``compare_algorithms_dpo.json``) against PPO and best-of-n on the reward
+    model of the same number of pairs (``overoptimization*.json``) and TRL
+    (``dpo_vs_trl.json``): the numbers the READMEs quote, and a Markdown table."""
+    import json
+
+    runs = json.loads((results / "compare_algorithms_dpo.json").read_text())["runs"]
+    out: dict[str, Any] = {}
+    for task in ("sort", "sentiment"):
+        recs = [r for r in runs.values() if r["task"] == task]
+        if not recs:
+            continue
+        row: dict[str, Any] = {"reference_gold": float(recs[0]["curve"][0]["gold_score"])}
+        n_pairs = recs[0]["settings"]["pairs"]
+        for algo in DPO_LOSSES:
+            mine = [r for r in recs if r["algo"] == algo]
+            seeds = sorted({r["seed"] for r in mine})
+            best = []
+            for s in seeds:
+                pts = [{**p, "beta": r["beta"]} for r in mine if r["seed"] == s for p in r["curve"]]
+                best.append(_best_at(pts, 1.0))
+            betas = sorted({r["beta"] for r in mine})
+            acc = [
+                float(np.mean([r["heldout_accuracy"] for r in mine if r["beta"] == b]))
+                for b in betas
+            ]
+            row[algo] = {
+                "seeds": len(seeds),
+                "gold_at_kl_1": _ms([b["gold_score"] for b in best]),
+                "kl_at_best": float(np.mean([b["kl"] for b in best])),
+                "beta_at_best": sorted({b["beta"] for b in best}),
+                "heldout_accuracy_range": [min(acc), max(acc)],
+                "heldout_pairs": mine[0]["heldout_pairs"],
+                "train_cpu_s": float(np.mean([r["curve"][-1]["train_cpu_s"] for r in mine])),
+            }
+        name = "overoptimization.json" if task == "sort" else f"overoptimization_{task}.json"
+        if (results / name).is_file():
+            oo = json.loads((results / name).read_text())
+            rm = oo["rms"].get(str(n_pairs))
+            if rm is not None:
+                rl = [r for r in oo["rl"].values() if r["n_pairs"] == n_pairs]
+                ppo: dict[str, Any] = {"seeds": len(rl), "kl_coef": oo["settings"].get("kl_coef")}
+                for x in (1.0, 3.0, 10.0):
+                    b = [_best_at(r["curve"], x) for r in rl]
+                    ppo[f"gold_at_kl_{x:g}"] = _ms([p["gold_score"] for p in b if p is not None])
+                peaks = [max(r["curve"], key=lambda p: p["gold_score"]) for r in rl]
+                ppo["peak_gold"] = _ms([p["gold_score"] for p in peaks])
+                ppo["peak_kl"] = float(np.mean([p["kl"] for p in peaks]))
+                ppo["train_cpu_s"] = float(np.mean([r["curve"][-1]["train_cpu_s"] for r in rl]))
+                bon = [
+                    {"n": p["n"], "kl": p["kl_estimate"], "gold_score": p["gold"]}
+                    for p in oo["bon"][str(n_pairs)]["points"]
+                ]
+                row["rm"] = {
+                    "pairs": n_pairs,
+                    "acc_vs_gold": rm["acc_vs_gold"],
+                    "train_cpu_s": rm["train_cpu_s"],
+                    "ppo": ppo,
+                    "bon_at_kl_1": _best_at(bon, 1.0),
+                    "bon_at_kl_2": _best_at(bon, 2.0),
+                }
+        out[task] = row
+    trl = results / "dpo_vs_trl.json"
+    if trl.is_file():
+        sides = json.loads(trl.read_text())["sides"]
+        if {"ours", "trl"} <= set(sides):
+            speed = {k: sides[k]["completion_tokens"] / sides[k]["train_wall_s"] for k in sides}
+            cpu = {k: sides[k]["completion_tokens"] / sides[k]["train_cpu_s"] for k in sides}
+            out["trl"] = {
+                "speedup_wall": speed["ours"] / speed["trl"],
+                "speedup_cpu": cpu["ours"] / cpu["trl"],
+            }
+    out["table_md"] = _table(out)
+    return out
+
+
+def _table(c: dict[str, Any]) -> str:
+    def pm(ms: list[float]) -> str:
+        return f"{ms[0]:.3f}" + ("" if np.isnan(ms[1]) else f" ± {ms[1]:.3f}")
+
+    lines = [
+        "| task | method | best gold at KL ≤ 1 (β, KL) | held-out pair accuracy | train CPU s |",
+        "|---|---|---|---|---:|",
+    ]
+    labels = {"dpo": "DPO", "ipo": "IPO"}
+    for task, env in (("sort", "Sort-v0"), ("sentiment", "Sentiment-v0")):
+        row = c.get(task)
+        if row is None:
+            continue
+        first = f"{env} (ref. {row['reference_gold']:.3f})"
+        for algo in DPO_LOSSES:
+            a = row[algo]
+            betas = "/".join(f"{b:g}" for b in a["beta_at_best"])
+            lo, hi = a["heldout_accuracy_range"]
+            lines.append(
+                f"| {first} | {labels[algo]}, {a['seeds']} seed{'s' * (a['seeds'] > 1)} | "
+                f"{pm(a['gold_at_kl_1'])} (β {betas}, KL {a['kl_at_best']:.2f}) | "
+                f"{lo:.3f}–{hi:.3f} over β ({a['heldout_pairs']} pairs) | {a['train_cpu_s']:.1f} |"
+            )
+            first = ""
+        rm = row.get("rm")
+        if rm:
+            p = rm["ppo"]
+            lines.append(
+                f"| | PPO on the {rm['pairs']}-pair RM (β = {p['kl_coef']:g}, {p['seeds']} "
+                f"seed{'s' * (p['seeds'] > 1)}) | {pm(p['gold_at_kl_1'])}; {pm(p['gold_at_kl_3'])} "
+                f"at KL ≤ 3; peak {pm(p['peak_gold'])} at KL {p['peak_kl']:.1f} | "
+                f"RM: {rm['acc_vs_gold']:.3f} | {p['train_cpu_s']:.0f} (+ {rm['train_cpu_s']:.0f} RM) |"
+            )
+            b = rm["bon_at_kl_1"]
+            lines.append(
+                f"| | best-of-n by the {rm['pairs']}-pair RM | {b['gold_score']:.3f} "
+                f"(n = {b['n']}, KL {b['kl']:.2f}) | | — |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    """``python benchmarks/compare_dpo.py``: write ``results/dpo_comparison.json`` (+ ``.md``)
+    from the results files the benchmarks wrote."""
+    from common import ResultsFile
+
+    results = Path(__file__).resolve().parent / "results"
+    res = ResultsFile(results / "dpo_comparison.json", {})
+    res.data.clear()
+    res.data.update(comparison(results))
+    res.save()
+    (results / "dpo_comparison.md").write_text(res.data["table_md"])
+    print(res.data["table_md"])
+
+
+if __name__ == "__main__":
+    main()
