@@ -163,19 +163,20 @@ def report_missing_logprob(mode: str, already_warned: bool, stacklevel: int = 3)
     The message names the fix for the caller: an own agent (the channel) or Stable-Baselines3
     used without the wrapper (detected from the call stack).
     """
+    if mode != "require" and already_warned:
+        return  # once is enough (and the stack walk below is not free)
     fix = _FIXES[_sb3_caller()]
     if mode == "require":
         raise LogProbMissingError(
             f"no log π was supplied before step() and the env was built with "
             f"kl_logprob='require'. {fix}"
         )
-    if not already_warned:
-        warnings.warn(
-            "no log π was supplied before step(): the env takes log π = log ρ for such tokens, "
-            f"so they add 0 to the KL penalty. {fix} Pass kl_logprob='require' to make this an "
-            "error; info['logprob_source'] says 'agent' or 'none' per step.",
-            stacklevel=stacklevel + 1,
-        )
+    warnings.warn(
+        "no log π was supplied before step(): the env takes log π = log ρ for such tokens, "
+        f"so they add 0 to the KL penalty. {fix} Pass kl_logprob='require' to make this an "
+        "error; info['logprob_source'] says 'agent' or 'none' per step.",
+        stacklevel=stacklevel + 1,
+    )
 
 
 def kl_estimate(
