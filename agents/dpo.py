@@ -74,6 +74,7 @@ import torch.nn.functional as F
 from agents.base import Agent, AgentConfig
 from agents.evaluation import evaluate
 from textenv.env.prompts import PromptEncoder
+from textenv.files import atomic_write_json
 from textenv.lm.models import load_frozen_causal_lm
 from textenv.lm.sampling import sequence_logprobs
 from textenv.preferences import PreferencePair, read_preferences
@@ -327,7 +328,7 @@ class DPO(Agent):
 
     def _save_extra(self, folder: Path) -> None:
         info = {"data": self.config.data, "data_sha256": self.data_sha256, "pairs": len(self.pairs)}
-        (folder / "dpo.json").write_text(json.dumps(info, indent=2))
+        atomic_write_json(folder / "dpo.json", info)
 
     # ------------------------------------------------------------------ log-probs
 
