@@ -90,6 +90,12 @@ def test_ppo_clipped_value_loss_by_hand():
     # token 2: V moved −0.1 (inside);         (0.0−0.2)² = 0.04 both          → 0.04
     loss = clipped_value_loss(values, old, returns, mask, clip_value=0.2)
     assert loss.item() == pytest.approx(0.5 * (1.00 + 0.64 + 0.04) / 3, abs=1e-9)
+    # Downward moves: V_old 0.5 → V 0.0 is clipped to 0.3.
+    #   R = −1: (0 + 1)² = 1.00 vs (0.3 + 1)² = 1.69 → 1.69 (the clipped value is worse)
+    #   R = +1: (0 − 1)² = 1.00 vs (0.3 − 1)² = 0.49 → 1.00
+    down = clipped_value_loss(t([[0.0, 0.0]]), t([[0.5, 0.5]]), t([[-1.0, 1.0]]),
+                              torch.tensor([[True, True]]), clip_value=0.2)  # fmt: skip
+    assert down.item() == pytest.approx(0.5 * (1.69 + 1.00) / 2, abs=1e-9)
     loss.backward()
     # token 1 is scored by its clipped value, which does not depend on V: no gradient.
     assert float(values.grad[0, 1]) == 0.0
@@ -122,6 +128,13 @@ def test_gae_with_discount_and_lambda_by_hand():
     adv1 = gae(rewards, values, mask, gamma, 1.0)
     g0 = 0.5 + 0.9 * 0.0 + 0.81 * 1.0
     torch.testing.assert_close(adv1[0, 0], torch.tensor(g0 - 0.2))
+    # An episode that fills all N tokens bootstraps up to its last token.
+    full = gae(torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.1, 0.2, 0.4]]),
+               torch.ones(1, 3, dtype=torch.bool), gamma, lam)  # fmt: skip
+    f2 = 1.0 - 0.4
+    f1 = 0.9 * 0.4 - 0.2 + 0.72 * f2
+    f0 = 0.9 * 0.2 - 0.1 + 0.72 * f1
+    torch.testing.assert_close(full[0], torch.tensor([f0, f1, f2]))
 
 
 # --------------------------------------------------------------------------- GRPO
@@ -194,6 +207,24 @@ def test_grpo_kl_term_pulls_log_pi_towards_the_reference(kl_ratio):
     assert g[0, 0] > 0  # π above ρ: a descent step lowers log π
     assert g[0, 1] < 0 and g[1, 0] < 0  # π below ρ: a descent step raises log π
     assert g[0, 2] == 0 and g[1, 1] == 0  # π = ρ, and padding
+    if kl_ratio:  # the default is the ratio-weighted term
+        lp = logprobs.detach().clone().requires_grad_(True)
+        grpo_loss(lp, old, ref, zero_adv, mask, epsilon_low=0.2, epsilon_high=0.2, beta=0.5,
+                  loss_type="bnpo")[0].backward()  # fmt: skip
+        torch.testing.assert_close(lp.grad, g)
+
+
+def test_grpo_without_kl_term_ignores_an_overflowing_log_ratio():
+    # β = 0: no KL term at all, so a log ratio whose k3 overflows to inf cannot turn the loss NaN.
+    logprobs = t([[-1000.0]], grad=True)
+    ref = t([[0.0]])
+    loss, _, kl = grpo_loss(
+        logprobs, logprobs.detach(), ref, torch.tensor([1.0], dtype=torch.float64),
+        torch.ones(1, 1, dtype=torch.bool), epsilon_low=0.2, epsilon_high=0.2, beta=0.0,
+        loss_type="grpo",
+    )  # fmt: skip
+    assert math.isinf(kl.item())
+    assert loss.item() == -1.0
 
 
 def test_grpo_asymmetric_clip_by_hand():
@@ -302,6 +333,11 @@ def test_ppo_separate_value_model_is_the_one_that_predicts_values():
     torch.testing.assert_close(logp1, logp0)  # ... and not the policy
     torch.testing.assert_close(v2, v1)  # the policy's trunk does not move the values
     assert (logp2[m] - logp1[m]).abs().max() > 1e-3
+    with torch.no_grad():  # a minibatch's rows get their own values, in order
+        rows = torch.tensor([3, 1])
+        logp_rows, v_rows = agent._score(rollout, rows)
+    torch.testing.assert_close(v_rows, v2[rows])
+    torch.testing.assert_close(logp_rows, logp2[rows])
     # And it is trained: one update changes the value trunk's weights.
     w = [p.detach().clone() for p in agent.value_model.parameters()]
     agent._update(rollout)
