@@ -470,7 +470,7 @@ def plot(data: dict, task: str, path: Path) -> None:
     all_kl = [
         p["kl"] for r in data["runs"].values() if r["task"] == task for p in points_of(r)
     ] or [1.0]
-    grid = np.geomspace(0.01, max(max(all_kl), 0.02), 60)
+    grid = np.concatenate([[0.0], np.geomspace(0.01, max(max(all_kl), 0.02), 80)])
     for algo, spec in ALGORITHMS.items():
         recs = [r for r in data["runs"].values() if r["task"] == task and r["algo"] == algo]
         if not recs:
@@ -502,7 +502,10 @@ def plot(data: dict, task: str, path: Path) -> None:
                 x, y.mean(0), yerr=y.std(0), fmt="o-", color=colors[algo], ms=3, capsize=2,
                 label=f"{spec.label} ({len(default)} seeds)",
             )  # fmt: skip
-    axes[0].set_xscale("log")
+    axes[0].set_xscale("symlog", linthresh=0.1)
+    axes[0].set_xlim(left=0)
+    for x in KL_TARGETS:
+        axes[0].axvline(x, color="grey", lw=0.8, ls=":")
     axes[0].set_xlabel("KL(π ‖ ρ) per episode, nats (held-out prompts)")
     axes[0].set_ylabel("gold score (held-out)")
     axes[0].set_title("best gold at KL ≤ x (lines: mean ± std over seeds; dots: all points)")

@@ -9,12 +9,21 @@ span naming its source, and this script rewrites the span from that file::
 (keys, or integer list indices: ``summary.sentiment.ppo.gold_at_kl_3.0`` does not work with
 dots inside keys, so such keys are written with ``[...]``: ``summary.sentiment.ppo[gold_at_kl_3]``),
 ``FMT`` an optional format: a Python format spec (``.3f``, ``+.3f``, ``.0%``, ``d``), or
-``pm`` + spec for a ``[mean, std]`` pair (``pm.3f`` → ``0.480 ± 0.020``). A whole generated
-block (a Markdown table a script wrote into its results) is::
+``pm`` + spec for a ``[mean, std]`` pair (``pm.3f`` → ``0.480 ± 0.020``), or ``cell`` for
+text in a Markdown table cell (newlines become spaces, ``|`` is escaped). A whole generated
+block (a Markdown table a script wrote into its results, or a whole ``.md`` file it wrote) is::
 
     <!-- result-block:benchmarks/results/tune.json:table_md -->
     ...
     <!-- /result-block -->
+
+    <!-- result-block:benchmarks/results/throughput.md -->
+    ...
+    <!-- /result-block -->
+
+``python benchmarks/render_readme.py --textenv-run /tmp/run_readme`` first runs the README's
+``textenv run --threads 1`` and records it (stage summaries, wall time, the CPU share others
+used) in ``benchmarks/results/textenv_run.json``.
 
 ``python benchmarks/render_readme.py`` rewrites the spans in place; ``--check`` only compares
 and exits 1 listing every span whose text differs from its file (``tests/test_numbers.py``
@@ -83,6 +92,8 @@ def lookup(data: Any, path: str) -> Any:
 
 
 def format_value(value: Any, fmt: str) -> str:
+    if fmt == "cell":  # text inside a Markdown table cell
+        return str(value).replace("\n", " ").replace("|", "\\|").strip() or "(empty)"
     if fmt.startswith("pm"):
         mean, std = value
         spec = fmt[2:]
@@ -94,11 +105,15 @@ def format_value(value: Any, fmt: str) -> str:
 
 def render_spec(spec: str, cache: dict[Path, Any], where: str, root: Path = REPO) -> str:
     parts = spec.split(":")
+    full = root / parts[0]
+    if len(parts) == 1 and full.suffix != ".json":  # a whole text file (a written table)
+        if not full.exists():
+            raise ResultSpanError(f"{where}: results file {parts[0]} does not exist")
+        return full.read_text(encoding="utf-8")
     if len(parts) not in (2, 3):
         raise ResultSpanError(f"{where}: a result span needs FILE:PATH[:FMT], got {spec!r}")
     file, path = parts[0], parts[1]
     fmt = parts[2] if len(parts) == 3 else ""
-    full = root / file
     if full not in cache:
         if not full.exists():
             raise ResultSpanError(f"{where}: results file {file} does not exist")
@@ -165,11 +180,57 @@ def check(documents: list[Path], root: Path = REPO) -> list[str]:
     return problems
 
 
+def run_textenv(run_dir: Path, extra: list[str], out: Path) -> dict[str, Any]:
+    """Run the README's ``textenv run --threads 1`` into ``run_dir`` (which must not exist),
+    timing it and the share of the CPUs other processes used meanwhile, and write every
+    stage's summary with those to ``out`` (the README's ``textenv run`` numbers come from it)."""
+    import os
+    import shlex
+    import subprocess
+    import time
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import machine_busy_seconds, machine_info
+
+    cmd = ["textenv", "run", "--threads", "1", "--out", str(run_dir), *extra]
+    t0, busy0 = time.perf_counter(), machine_busy_seconds()
+    c0 = os.times()
+    subprocess.run(cmd, check=True)
+    wall = time.perf_counter() - t0
+    c1 = os.times()
+    child = (c1.children_user - c0.children_user) + (c1.children_system - c0.children_system)
+    others = max(0.0, machine_busy_seconds() - busy0 - child) / (wall * (os.cpu_count() or 1))
+    stages = {}
+    for marker in sorted(run_dir.glob("*/done.json")):
+        stages[marker.parent.name] = json.loads(marker.read_text(encoding="utf-8"))
+    result = {
+        "command": shlex.join(["textenv", "run", "--threads", "1", "--out", "DIR", *extra]),
+        "wall_s": wall,
+        "wall_min_s": f"{int(wall // 60)} min {int(round(wall % 60))} s",
+        "child_cpu_s": child,
+        "others_cpu_share": others,
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": machine_info(),
+        "stages": stages,
+    }
+    atomic_write_text(out, json.dumps(result, indent=1, default=str) + "\n")
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("documents", nargs="*", default=list(DOCUMENTS))
     parser.add_argument("--check", action="store_true", help="compare only; exit 1 on drift")
+    parser.add_argument(
+        "--textenv-run",
+        type=Path,
+        metavar="RUN_DIR",
+        help="first run `textenv run --threads 1 --out RUN_DIR` and record it in "
+        "benchmarks/results/textenv_run.json",
+    )
     args = parser.parse_args()
+    if args.textenv_run:
+        run_textenv(args.textenv_run, [], REPO / "benchmarks" / "results" / "textenv_run.json")
     docs = [REPO / d for d in args.documents]
     if args.check:
         problems = check(docs)
