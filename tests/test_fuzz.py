@@ -23,6 +23,7 @@ from textenv.env.config import EnvConfig
 from textenv.env.kl import LOGPROB_MIN
 from textenv.env.prompts import PromptError
 from textenv.preferences.records import PreferenceFormatError, read_preferences
+from textenv.rewards import RewardModelError, check_scores
 
 FAST = settings(
     max_examples=40,
@@ -306,3 +307,19 @@ def test_boundary_logprobs_with_every_estimator(estimator):
         env.reset(seed=0)
         total, _ = _run_to_end(env, logprob)
         assert math.isfinite(total) and abs(total) < 1e6
+
+
+# --------------------------------------------------------------------------- reward outputs
+
+
+@FAST
+@given(raw=st.one_of(ANYTHING, st.lists(ANYTHING, min_size=2, max_size=2)))
+def test_any_reward_output_is_refused_or_two_finite_floats(raw):
+    try:
+        values = check_scores(raw, 2, name="reward 'r'")
+    except RewardModelError as exc:
+        assert "reward 'r'" in str(exc)
+        return
+    assert values.dtype == np.float64 and values.shape == (2,) and np.isfinite(values).all()
+    flat = raw if isinstance(raw, list) else []
+    assert not any(isinstance(x, (bool, str)) for x in flat)  # never read as numbers
