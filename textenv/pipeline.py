@@ -242,8 +242,8 @@ def stage_reward_model(config: RunConfig, run_dir: Path) -> dict[str, Any]:
         run_dir,
         "reward_model",
         summary,
-        f"{config.rm} reward model: held-out pair accuracy {accuracy:.3f} "
-        f"({summary['time_s']:.0f} s)",
+        f"{config.rm} reward model: accuracy {accuracy:.3f} on held-out preference pairs "
+        f"({metrics['n_val']}) ({summary['time_s']:.0f} s)",
     )
 
 
