@@ -27,6 +27,7 @@ of them alike; the CPU share other processes used during the run is recorded. Re
     python benchmarks/throughput.py                 # B in {16, 64, 256}
     python benchmarks/throughput.py --batch 64 --repeats 3
     python benchmarks/throughput.py --threads 1   # when another process holds one of 2 cores
+    python benchmarks/throughput.py --threads 1 --clock cpu   # a busy shared machine
     python benchmarks/throughput.py --scaling     # (b) over batch size × episode length + memory
 
 ``--scaling`` runs variant (b) over B ∈ {16, 64, 256} × new tokens ∈ {16, 32, 64, 128} and records
@@ -234,7 +235,10 @@ def fused_head_folder() -> str:
 # --------------------------------------------------------------------------- measuring
 
 
-def measure(batch: int, repeats: int, with_singles: bool) -> dict:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def measure(batch: int, repeats: int, with_singles: bool, clock: str = "wall") -> dict:
     gen = torch.Generator().manual_seed(0)
     policy = load_causal_lm(POLICY)
     policy.generation_config.pad_token_id = EOS
@@ -276,12 +280,12 @@ def measure(batch: int, repeats: int, with_singles: bool) -> dict:
     for fn in variants.values():  # warm-up
         fn()
     times: dict[str, list[float]] = {k: [] for k in variants}
-    with CPUClock() as clock:
+    with CPUClock() as cpu:
         for _ in range(repeats):
             for name, fn in variants.items():
-                start = time.perf_counter()
+                start = CLOCKS[clock]()
                 fn()
-                times[name].append(time.perf_counter() - start)
+                times[name].append(CLOCKS[clock]() - start)
     tok_s = {k: batch * N / statistics.median(v) for k, v in times.items()}
     b = tok_s["b_native_env"]
     ratios = {
@@ -300,8 +304,9 @@ def measure(batch: int, repeats: int, with_singles: bool) -> dict:
         "batch": batch,
         "tokens_per_s": tok_s,
         "ratios": ratios,
-        "others_cpu_share": clock.others_share,
+        "others_cpu_share": cpu.others_share,
         "repeats": repeats,
+        "clock": clock,
     }
 
 
@@ -412,6 +417,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "throughput.json")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--scaling", action="store_true", help="batch × length curves + memory")
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall: elapsed seconds (a quiet machine); cpu: this process's CPU seconds, which "
+        "other processes barely move (use with --threads 1 on a shared machine)",
+    )
     parser.add_argument("--lengths", type=int, nargs="+", default=[16, 32, 64, 128])
     args = parser.parse_args(argv)
     if args.threads:
@@ -427,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     share_before = wait_for_quiet(args.wait_quiet)
     rows = []
     for batch in args.batch:
-        row = measure(batch, args.repeats, batch <= args.singles_max_batch)
+        row = measure(batch, args.repeats, batch <= args.singles_max_batch, args.clock)
         rows.append(row)
         r = row["ratios"]
         print(

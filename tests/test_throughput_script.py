@@ -15,9 +15,12 @@ def test_throughput_script_writes_every_variant(tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path / "throughput.json"
-    module.main(["--batch", "2", "--repeats", "1", "--wait-quiet", "0", "--out", str(out)])
+    module.main(
+        ["--batch", "2", "--repeats", "1", "--wait-quiet", "0", "--clock", "cpu", "--out", str(out)]
+    )
     result = json.loads(out.read_text())
     (row,) = result["rows"]
+    assert row["clock"] == "cpu"
     assert set(row["tokens_per_s"]) == {
         "a_generate", "o_model_work", "s_sampler_model_work", "b_native_env", "c_single_envs",
         "d_naive_env", "f_native_env_fused_rm", "t_native_env_text_rm",
