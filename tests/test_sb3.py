@@ -441,3 +441,17 @@ def test_plain_sb3_make_vec_env_works_on_every_id():
         obs = venv.reset()
         assert obs["input_ids"].shape[0] == 2
         venv.close()
+
+
+def test_plain_sb3_without_the_log_pi_link_is_told_how_to_fix_it():
+    """PPO("MultiInputPolicy", gym.make(...)) trains with KL at 0 unless the wrapper is used: the
+    first step says so and names make_sb3_env; kl_logprob="require" refuses to train."""
+    env = gym.make("textenv/Sort-v0", **SMALL, max_episode_steps=5)
+    model = PPO("MultiInputPolicy", env, n_steps=8, batch_size=8, n_epochs=1, seed=0)
+    with pytest.warns(UserWarning, match="Stable-Baselines3 without textenv's log π link") as rec:
+        model.learn(8)
+    assert "agents.sb3.make_sb3_env" in str(rec[0].message)
+    strict = gym.make("textenv/Sort-v0", **SMALL, max_episode_steps=5, kl_logprob="require")
+    model = PPO("MultiInputPolicy", strict, n_steps=8, batch_size=8, n_epochs=1, seed=0)
+    with pytest.raises(RuntimeError, match="kl_logprob='require'.*make_sb3_env"):
+        model.learn(8)
