@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import statistics
+import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,7 +22,12 @@ from agents.grpo import group_advantages, grpo_loss
 from agents.ppo import clipped_policy_loss, clipped_value_loss, gae
 from agents.rloo import leave_one_out_advantages
 from textenv.preferences import PreferencePair
-from textenv.training.bradley_terry import RewardModelConfig, fit_bradley_terry, margins
+from textenv.training.bradley_terry import (
+    RewardModelConfig,
+    fit_bradley_terry,
+    margins,
+    pair_metrics,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -420,3 +427,18 @@ def test_reward_model_margins_come_from_the_pairs_only_with_use_margin():
     ]
     np.testing.assert_allclose(margins(pairs, use_margin=True), [0.7, 0.0, 0.0], atol=1e-7)
     np.testing.assert_array_equal(margins(pairs, use_margin=False), [0.0, 0.0, 0.0])
+    assert margins(pairs, use_margin=True).dtype == np.float32  # the rewards' dtype
+    duck = SimpleNamespace(prompt="p", chosen="a", rejected="b")  # a pair without a margin
+    np.testing.assert_array_equal(margins([duck], use_margin=True), [0.0])
+
+
+def test_pair_metrics_by_hand():
+    rc, rr = np.array([2.0, 1.0, 0.0]), np.array([1.0, 1.0, 3.0])  # a win, a tie, a loss
+    m = pair_metrics(rc, rr, np.array([0.5, 0.0, 0.0]))
+    assert m["accuracy"] == pytest.approx((1 + 0.5 + 0) / 3)
+    want = (_softplus(-0.5) + _softplus(0.0) + _softplus(3.0)) / 3  # d = [0.5, 0, −3]
+    assert m["loss"] == pytest.approx(want, abs=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "mean of empty slice" on an empty split
+        empty = pair_metrics(np.zeros(0), np.zeros(0), np.zeros(0))
+    assert math.isnan(empty["loss"]) and math.isnan(empty["accuracy"])
