@@ -367,7 +367,9 @@ class ScoreTable(torch.nn.Module):
         rows = torch.as_tensor(rows)
         if split == "train":
             return self.chosen[rows], self.rejected[rows]
-        return self.val[0][rows], self.val[1][rows]
+        if split == "val":
+            return self.val[0][rows], self.val[1][rows]
+        raise ValueError(f"unknown split {split!r}")
 
 
 def _fit_one_step(table: ScoreTable, margins: list[float], val_margins: list[float], **cfg):
@@ -376,9 +378,9 @@ def _fit_one_step(table: ScoreTable, margins: list[float], val_margins: list[flo
         epochs=1, batch_size=len(margins), lr=0.1, grad_clip=0.0, weight_decay=0.0, **cfg
     )
     train_m = np.array(margins, dtype=np.float32)
-    return fit_bradley_terry(
-        table, table.rewards, train_m, np.array(val_margins, np.float32), config
-    )
+    val_m = np.array(val_margins, np.float32)
+    # One held-out pair per evaluation batch: the batches must cover every pair once.
+    return fit_bradley_terry(table, table.rewards, train_m, val_m, config, eval_batch_size=1)
 
 
 def _softplus(x: float) -> float:
