@@ -193,8 +193,15 @@ def completion_logprobs(
 ) -> torch.Tensor:
     """Log-probs ``(B, N)`` of the N completion tokens from the logits of a teacher-forced forward
     whose last ``N + 1`` positions are ``logits`` (the last one predicts past the end)."""
-    logits = logits[:, -completion_ids.shape[1] - 1 : -1].float() / temperature
-    return torch.log_softmax(logits, dim=-1).gather(-1, completion_ids[..., None]).squeeze(-1)
+    logits = logits[:, -completion_ids.shape[1] - 1 : -1].float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    if logits.requires_grad:  # training: log_softmax's backward is the cheaper one
+        return torch.log_softmax(logits, dim=-1).gather(-1, completion_ids[..., None]).squeeze(-1)
+    # Scoring only: the chosen logit minus logsumexp, without writing a (B, N, V) log_softmax
+    # (3-4x faster at V = 512; equal to float rounding).
+    chosen = logits.gather(-1, completion_ids[..., None]).squeeze(-1)
+    return chosen - torch.logsumexp(logits, dim=-1)
 
 
 TokenCallback = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
