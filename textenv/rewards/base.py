@@ -31,6 +31,7 @@ from textenv.lm.models import (
     same_tokenizer,
 )
 from textenv.lm.padding import encode_texts, forward_left_padded, left_pad
+from textenv.rewards.capabilities import TokenRows
 from textenv.rewards.fused import FusedRewardHead, is_fused_reward_folder
 
 __all__ = [
@@ -104,10 +105,7 @@ class SequenceClassifierReward:
 
     @torch.no_grad()
     def score_token_ids(
-        self,
-        prompt_ids: Sequence[Sequence[int]],
-        completion_ids: Sequence[Sequence[int]],
-        metadata: list[dict[str, Any]],
+        self, prompt_ids: TokenRows, completion_ids: TokenRows, metadata: list[dict[str, Any]]
     ) -> np.ndarray:
         """Scores of ``prompt_ids + completion_ids`` rows (this RM's token ids), left-truncated
         to ``max_length`` like the text path: no decode, no re-tokenise."""

@@ -25,11 +25,15 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 __all__ = [
+    "TokenRows",
     "ReadsTokenIds",
     "SharesReferenceForward",
     "reads_token_ids",
     "shares_reference_forward",
 ]
+
+
+TokenRows = Sequence[Sequence[int]]  # one list of token ids per row, no padding
 
 
 @runtime_checkable
@@ -42,10 +46,7 @@ class ReadsTokenIds(Protocol):
         ...
 
     def score_token_ids(
-        self,
-        prompt_ids: Sequence[Sequence[int]],
-        completion_ids: Sequence[Sequence[int]],
-        metadata: list[dict[str, Any]],
+        self, prompt_ids: TokenRows, completion_ids: TokenRows, metadata: list[dict[str, Any]]
     ) -> np.ndarray:
         """One score per row. ``prompt_ids`` are the prompt as the env encoded it (no padding);
         ``completion_ids`` the generated tokens without special tokens (the text the env decodes

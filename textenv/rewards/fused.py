@@ -35,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from textenv.lm.models import load_frozen_causal_lm, load_tokenizer, same_tokenizer
 from textenv.lm.padding import forward_left_padded, left_pad
 from textenv.lm.sampling import completion_logprobs
+from textenv.rewards.capabilities import TokenRows
 
 __all__ = [
     "FusedRewardHead",
@@ -163,10 +164,7 @@ class FusedRewardHead:
 
     @torch.no_grad()
     def score_token_ids(
-        self,
-        prompt_ids: Sequence[Sequence[int]],
-        completion_ids: Sequence[Sequence[int]],
-        metadata: list[dict[str, Any]],
+        self, prompt_ids: TokenRows, completion_ids: TokenRows, metadata: list[dict[str, Any]]
     ) -> np.ndarray:
         """Scores of token-id rows (the reference tokenizer's ids), one forward."""
         self.calls += 1
