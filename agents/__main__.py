@@ -20,11 +20,10 @@ import os
 import sys
 
 import torch
-import torch.distributed as tdist
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from agents import ALGORITHMS
-from agents.distributed import DEFAULT_TIMEOUT_S, TIMEOUT_ENV
+from agents.distributed import DEFAULT_TIMEOUT_S, TIMEOUT_ENV, shutdown
 
 __all__ = ["build_parser", "run", "main"]
 
@@ -110,8 +109,7 @@ def run(args: argparse.Namespace) -> int:
             f"iterations{ranks}) to {path}"
         )
     agent.close()
-    if dist.enabled:  # on an error the process just exits: torchrun stops the other ranks
-        tdist.destroy_process_group()
+    shutdown()  # (on an error the process just exits: torchrun stops the other ranks)
     return 0
 
 

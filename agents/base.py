@@ -794,3 +794,6 @@ class Agent:
         self.envs.close()
         if self._writer:
             self._writer.close()
+        # DDP's reducer must go before the process group: freed last, it would tear the group
+        # down holding the GIL while a gloo thread needs it (a hang at exit).
+        self._ddp = None

@@ -33,6 +33,8 @@ Backends: gloo when the policy is on the CPU, NCCL on CUDA (one GPU per rank: ``
 from __future__ import annotations
 
 import argparse
+import atexit
+import gc
 import inspect
 import os
 import subprocess
@@ -53,6 +55,7 @@ __all__ = [
     "LOCAL",
     "init_distributed",
     "launch",
+    "shutdown",
     "to_argv",
     "COMPUTE_DTYPES",
     "autocast",
@@ -121,7 +124,18 @@ def init_distributed(device: str = "cpu", timeout_s: float | None = None) -> Dis
             raise RuntimeError(f"device={device!r} but CUDA is not available on this rank")
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     tdist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    atexit.register(shutdown)
     return Dist.from_group()
+
+
+def shutdown() -> None:
+    """Leave the process group (idempotent; also run at exit for a group joined here).
+
+    Close the agents first (:meth:`agents.base.Agent.close` drops its DDP wrapper): a group
+    whose last reference goes with a DDP reducer is torn down holding the GIL, which can hang."""
+    if tdist.is_available() and tdist.is_initialized():
+        gc.collect()  # free DDP reducers that are no longer referenced, while the group lives
+        tdist.destroy_process_group()
 
 
 def launch(nproc: int, argv: Sequence[str], module: str = "agents") -> int:

@@ -49,7 +49,7 @@ def worker(args: argparse.Namespace) -> None:
     import torch.distributed as tdist
 
     from agents import ALGORITHMS
-    from agents.distributed import init_distributed
+    from agents.distributed import init_distributed, shutdown
 
     torch.set_num_threads(args.threads)
     dist = init_distributed("cpu")
@@ -92,8 +92,7 @@ def worker(args: argparse.Namespace) -> None:
         }
         Path(args.result_file).write_text(json.dumps(result))
     agent.close()
-    if dist.enabled:
-        tdist.destroy_process_group()
+    shutdown()
 
 
 # --------------------------------------------------------------------------- the driver
@@ -132,6 +131,11 @@ def summarise(runs: list[dict], algos: list[str], nproc: int) -> dict:
         t1 = statistics.median(r["tokens_per_s"] for r in one)
         tn = statistics.median(r["tokens_per_s"] for r in many)
         pairs = [b["tokens_per_s"] / a["tokens_per_s"] for a, b in zip(one, many)]
+        # CPU seconds of our own processes per 1000 tokens: what the work costs, whatever share
+        # of the CPUs the scheduler gave us; N × (1-process cost / N-rank cost) is the speedup
+        # N ranks would reach with a core each and nothing else running.
+        c1 = statistics.median(1000 * r["our_cpu_s"] / r["tokens"] for r in one)
+        cn = statistics.median(1000 * r["our_cpu_s"] / r["tokens"] for r in many)
         out[algo] = {
             "tokens_per_s_1": t1,
             f"tokens_per_s_{nproc}": tn,
@@ -139,6 +143,9 @@ def summarise(runs: list[dict], algos: list[str], nproc: int) -> dict:
             "speedup_per_repeat": pairs,
             "others_share_mean": statistics.mean(r["others_share"] for r in one + many),
             "rollout_share_1": statistics.median(r["rollout_s"] / r["wall_s"] for r in one),
+            "cpu_s_per_ktok_1": c1,
+            f"cpu_s_per_ktok_{nproc}": cn,
+            "speedup_from_cpu_time": nproc * c1 / cn,
             "repeats": min(len(one), len(many)),
         }
     return out
@@ -146,14 +153,17 @@ def summarise(runs: list[dict], algos: list[str], nproc: int) -> dict:
 
 def table(summary: dict, nproc: int) -> str:
     lines = [
-        f"| algo | 1 process (tok/s) | {nproc} ranks (tok/s) | speedup (median) | per repeat | others' CPU share |",
-        "|---|---:|---:|---:|---|---:|",
+        f"| algo | 1 process (tok/s) | {nproc} ranks (tok/s) | speedup (median) | per repeat | "
+        f"CPU s / 1k tok: 1 process, {nproc} ranks | speedup from CPU time | others' CPU share |",
+        "|---|---:|---:|---:|---|---|---:|---:|",
     ]
     for algo, s in summary.items():
         per = ", ".join(f"{x:.2f}" for x in s["speedup_per_repeat"])
         lines.append(
             f"| {algo} | {s['tokens_per_s_1']:.0f} | {s[f'tokens_per_s_{nproc}']:.0f} | "
-            f"{s['speedup']:.2f}× | {per} | {s['others_share_mean']:.0%} |"
+            f"{s['speedup']:.2f}× | {per} | {s['cpu_s_per_ktok_1']:.2f}, "
+            f"{s[f'cpu_s_per_ktok_{nproc}']:.2f} | {s['speedup_from_cpu_time']:.2f}× | "
+            f"{s['others_share_mean']:.0%} |"
         )
     return "\n".join(lines)
 

@@ -17,12 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.distributed as tdist
 import torch.multiprocessing as mp
 
 from agents import GRPO, PPO, RLOO, GRPOConfig, PPOConfig, RLOOConfig
 from agents.__main__ import build_parser
-from agents.distributed import LOCAL, Dist, init_distributed, to_argv
+from agents.distributed import LOCAL, Dist, init_distributed, shutdown, to_argv
 from agents.policy import Rollout
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -98,7 +97,7 @@ def _rank_main(rank: int, world: int, port: int, folder: str) -> None:
             result = _train_once(name, Path(folder) / "rollout.pt")
             torch.save(result, Path(folder) / f"{name}-rank{rank}.pt")
     finally:
-        tdist.destroy_process_group()
+        shutdown()
 
 
 @pytest.fixture(scope="module")
