@@ -444,3 +444,39 @@ def test_pair_metrics_by_hand():
         warnings.simplefilter("error")  # no "mean of empty slice" on an empty split
         empty = pair_metrics(np.zeros(0), np.zeros(0), np.zeros(0))
     assert math.isnan(empty["loss"]) and math.isnan(empty["accuracy"])
+
+
+def test_reward_model_loop_epochs_batches_and_early_stopping(capsys):
+    # Three pairs in batches of 2; held-out scores fixed, so the validation loss never improves
+    # after epoch 1: with patience 2 the loop stops after epoch 3 and keeps epoch 1's weights.
+    table = ScoreTable([1.0, 0.0, 2.0], [0.0, 0.5, 3.0], val=[[0.3], [0.0]])
+    train_m, val_m = np.zeros(3, np.float32), np.zeros(1, np.float32)
+    config = RewardModelConfig(epochs=10, batch_size=2, lr=1e-7, patience=2, grad_clip=0.0)
+    fit = fit_bradley_terry(table, table.rewards, train_m, val_m, config)
+    assert capsys.readouterr().out == ""  # no progress output unless asked
+    assert [h["epoch"] for h in fit.history] == [0, 1, 2, 3]
+    assert fit.best_epoch == 1 and fit.epochs_run == 3 and fit.stopped_early
+    # lr ≈ 0: every epoch's train loss is the mean over all three pairs (not the last batch's).
+    want = (_softplus(-1.0) + _softplus(0.5) + _softplus(1.0)) / 3
+    for h in fit.history[1:]:
+        assert h["train_loss"] == pytest.approx(want, abs=1e-5)
+        assert h["train_accuracy"] == pytest.approx(1 / 3)
+        assert h["val_loss"] == pytest.approx(_softplus(-0.3), abs=1e-6)
+    # Without held-out pairs every epoch runs and the last is kept.
+    plain = ScoreTable([1.0, 0.0, 2.0], [0.0, 0.5, 2.0], val=[[0.0], [0.0]])
+    config = RewardModelConfig(epochs=3, batch_size=2, lr=0.01, grad_clip=0.0)
+    fit = fit_bradley_terry(plain, plain.rewards, train_m, np.zeros(0, np.float32), config)
+    assert [h["epoch"] for h in fit.history] == [1, 2, 3] and "val_loss" not in fit.history[0]
+    assert fit.best_epoch == 3 and fit.epochs_run == 3 and not fit.stopped_early
+    assert plain.chosen[0].item() > 1.02 and plain.rejected[0].item() < -0.02  # it trained
+    with pytest.raises(ValueError, match="no training pairs"):
+        fit_bradley_terry(plain, plain.rewards, np.zeros(0), np.zeros(0), config)
+
+
+def test_reward_model_loop_reports_progress_per_epoch(capsys):
+    table = ScoreTable([1.0], [0.0], val=[[0.0], [0.0]])
+    config = RewardModelConfig(epochs=2, batch_size=1, lr=0.01, grad_clip=0.0)
+    fit_bradley_terry(table, table.rewards, np.zeros(1, np.float32), np.zeros(1, np.float32),
+                      config, progress=True)  # fmt: skip
+    out = capsys.readouterr().out
+    assert out.count("epoch 1: train_loss") == 1 and out.count("epoch 2: train_loss") == 1
