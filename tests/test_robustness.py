@@ -484,11 +484,12 @@ def test_progress_in_a_file_writes_few_plain_lines():
     assert isinstance(bar, PlainProgress)
     for _ in range(1000):
         bar.update(1)
-        bar.set_postfix(kl="0.12")
+        bar.set_postfix(kl="0.12", refresh=False)
     bar.close()
     text = out.getvalue()
     assert "\r" not in text and text.count("\n") == 1
     assert text.startswith("policy: 1000/1000 it (100%)") and "kl=0.12" in text
+    assert "refresh" not in text  # tqdm's redraw switch is not a value
     out = io.StringIO()
     with progress(10, file=out, interval=0.0) as bar:
         bar.update(5)

@@ -89,7 +89,10 @@ class PlainProgress:
         if time.monotonic() - self._last >= self.interval:
             self._write()
 
-    def set_postfix(self, ordered_dict: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    def set_postfix(
+        self, ordered_dict: dict[str, Any] | None = None, refresh: bool = True, **kwargs: Any
+    ) -> None:
+        # ``refresh`` is tqdm's redraw switch, not a value to show (plain lines redraw nothing).
         items = {**(ordered_dict or {}), **kwargs}
         self._postfix = " ".join(f"{k}={v}" for k, v in items.items())
 
