@@ -200,9 +200,6 @@ def run_textenv(run_dir: Path, extra: list[str], out: Path) -> dict[str, Any]:
     c1 = os.times()
     child = (c1.children_user - c0.children_user) + (c1.children_system - c0.children_system)
     others = max(0.0, machine_busy_seconds() - busy0 - child) / (wall * (os.cpu_count() or 1))
-    stages = {}
-    for marker in sorted(run_dir.glob("*/done.json")):
-        stages[marker.parent.name] = json.loads(marker.read_text(encoding="utf-8"))
     result = {
         "command": shlex.join(["textenv", "run", "--threads", "1", "--out", "DIR", *extra]),
         "wall_s": wall,
@@ -211,10 +208,37 @@ def run_textenv(run_dir: Path, extra: list[str], out: Path) -> dict[str, Any]:
         "others_cpu_share": others,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": machine_info(),
-        "stages": stages,
+        **run_folder_summary(run_dir),
     }
     atomic_write_text(out, json.dumps(result, indent=1, default=str) + "\n")
     return result
+
+
+def run_folder_summary(run_dir: Path) -> dict[str, Any]:
+    """What a finished ``textenv run`` folder says: every stage's summary, the policy's
+    evaluation curve and its gold peak."""
+    stages = {}
+    for marker in sorted(run_dir.glob("*/done.json")):
+        stages[marker.parent.name] = json.loads(marker.read_text(encoding="utf-8"))
+    curve = json.loads((run_dir / "policy" / "curve.json").read_text(encoding="utf-8"))
+    peak = max(curve, key=lambda p: p["gold_score"]["mean"])
+    last = curve[-1]
+    return {
+        "stages": stages,
+        "curve": curve,
+        "gold_peak": {
+            "iteration": peak["iteration"],
+            "gold": peak["gold_score"]["mean"],
+            "kl": peak["kl"]["mean"],
+            "proxy": peak["rm_score"]["mean"],
+        },
+        "last_point": {
+            "iteration": last["iteration"],
+            "gold": last["gold_score"]["mean"],
+            "kl": last["kl"]["mean"],
+            "proxy": last["rm_score"]["mean"],
+        },
+    }
 
 
 def main() -> None:
