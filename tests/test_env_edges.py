@@ -255,3 +255,31 @@ def test_adaptive_controller_edges():
     assert make_kl_controller(0.1, 1.0).horizon == 10_000.0
     assert FixedKLController(0.0).value == 0.0  # β = 0: no penalty, allowed
     assert AdaptiveKLController(0.0, 1.0).value == 0.0
+
+
+def test_per_token_kl_when_rows_restart_mid_batch():
+    """Dense KL with rows at different lengths: row 0 ends at once and restarts (NEXT_STEP
+    autoreset) while row 1 goes on, so the reference is re-read for rows of unequal length."""
+    beta, lp = 0.2, -2.0
+    envs = TextGenVectorEnv(
+        num_envs=2, kl_reward="per_token", kl_coef=beta, **{**KW, "prompts": [PROMPT]}
+    )
+    envs.reset(seed=0)
+    ref1 = hand_ref_logprobs(PROMPT, [104, 101, 108, 33])  # row 1's episode
+    ref0 = hand_ref_logprobs(PROMPT, [104, 101])  # row 0's second episode
+
+    def step(actions):
+        envs.set_action_logprobs(np.full(2, lp))
+        return envs.step(np.array(actions))
+
+    _, r, term, _, info = step([EOS, 104])  # row 0: EOS at once; row 1: its first token
+    assert term.tolist() == [True, False]
+    eos_ref = hand_ref_logprobs(PROMPT, [EOS])[0]
+    assert r[0] == pytest.approx(info["rm_score"][0] - beta * (lp - eos_ref), abs=1e-4)
+    assert r[1] == pytest.approx(-beta * (lp - ref1[0]), abs=1e-4)
+    _, r, *_ = step([0, 101])  # row 0 restarts (its action is ignored)
+    assert r[0] == 0.0 and r[1] == pytest.approx(-beta * (lp - ref1[1]), abs=1e-4)
+    _, r, *_ = step([104, 108])  # row 0: token 1 of 2; row 1: token 3 of 4
+    np.testing.assert_allclose(r, [-beta * (lp - ref0[0]), -beta * (lp - ref1[2])], atol=1e-4)
+    _, r, *_ = step([101, 33])
+    np.testing.assert_allclose(r[0], -beta * (lp - ref0[1]), atol=1e-4)
