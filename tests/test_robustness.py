@@ -29,6 +29,7 @@ from textenv.lm.models import (
     load_sequence_classifier,
     model_cache_size,
 )
+from textenv.lm.padding import encode_texts, left_pad_encode
 from textenv.preferences.records import PreferenceFormatError, read_preferences
 from textenv.progress import PlainProgress, progress
 from textenv.rewards import RewardModelError, load_reward
@@ -454,6 +455,16 @@ def test_prompts_keep_a_tokenizer_bos():
     assert encoder("ab") == [256, 97, 98]
     assert encoder("abcdef") == [256, 100, 101, 102]  # left-truncated, BOS kept in front
     assert PromptEncoder(byte_tokenizer(), max_tokens=4)("ab") == [97, 98]  # GPT-2 style: none
+    assert encoder("") == [256]  # an empty prompt conditions on BOS alone
+
+
+def test_the_one_encoder_keeps_bos_for_every_caller():
+    """Sampling completions to label and the env encode prompts alike (one encoder)."""
+    tok = _bos_tokenizer()
+    ids, mask = left_pad_encode(tok, ["ab", "abcdef"], 4)
+    assert ids.tolist() == [[256, 256, 97, 98], [256, 100, 101, 102]]
+    assert mask.tolist() == [[0, 1, 1, 1], [1, 1, 1, 1]]
+    assert encode_texts(byte_tokenizer(), ["abcdef"], 4) == [[99, 100, 101, 102]]
 
 
 def test_undecodable_preference_file_names_file_and_line(tmp_path):

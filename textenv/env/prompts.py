@@ -37,7 +37,6 @@ __all__ = [
     "load_prompts",
     "SPLITS",
     "check_prompt_text",
-    "adds_bos",
 ]
 
 
@@ -151,16 +150,6 @@ def load_prompts(
     return prompts
 
 
-def adds_bos(tokenizer: Any) -> bool:
-    """Whether ``tokenizer`` puts its BOS token in front of a text by itself (Llama-style)."""
-    bos = getattr(tokenizer, "bos_token_id", None)
-    if bos is None:
-        return False
-    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
-    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
-    return with_special[:1] == [bos] and plain[:1] != [bos]
-
-
 class PromptEncoder:
     """Prompt text → the token ids the env puts in the observation, with a cache bounded in bytes.
 
@@ -176,7 +165,6 @@ class PromptEncoder:
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
         self.max_bytes = max_bytes
-        self.bos_id = tokenizer.bos_token_id if adds_bos(tokenizer) else None
         self._cache: OrderedDict[str, list[int]] = OrderedDict()
         self.nbytes = 0
 
@@ -188,12 +176,9 @@ class PromptEncoder:
         ids = self._cache.get(text)
         if ids is not None:
             return ids
-        # Left-truncated (the end of a prompt, next to the completion, matters most); an empty
-        # prompt becomes EOS (the model needs one token to condition on).
-        with_bos = self.bos_id is not None and self.max_tokens > 1
-        ids = encode_texts(self.tokenizer, [text], self.max_tokens - with_bos)[0]
-        if with_bos and ids[0] != self.bos_id:
-            ids = [self.bos_id, *ids]
+        # Left-truncated (the end of a prompt, next to the completion, matters most), a BOS of
+        # the tokenizer's own kept in front; an empty prompt becomes EOS (see encode_texts).
+        ids = encode_texts(self.tokenizer, [text], self.max_tokens)[0]
         cost = self._cost(text, ids)
         if cost <= self.max_bytes:
             self._cache[text] = ids

@@ -16,6 +16,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 __all__ = [
+    "adds_bos",
     "position_ids_from_mask",
     "left_pad",
     "encode_texts",
@@ -46,6 +47,25 @@ def left_pad(
     )
 
 
+def adds_bos(tokenizer: Any) -> bool:
+    """Whether ``tokenizer`` puts its BOS token in front of a text by itself (Llama-style).
+    Asked once per tokenizer (the answer is kept on it)."""
+    known = getattr(tokenizer, "_textenv_adds_bos", None)
+    if known is not None:
+        return known
+    bos = getattr(tokenizer, "bos_token_id", None)
+    answer = False
+    if bos is not None:
+        with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+        plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+        answer = with_special[:1] == [bos] and plain[:1] != [bos]
+    try:
+        tokenizer._textenv_adds_bos = answer
+    except AttributeError:  # a tokenizer object that takes no attributes: ask again next time
+        pass
+    return answer
+
+
 def encode_texts(
     tokenizer: PreTrainedTokenizerBase,
     texts: Sequence[str],
@@ -57,7 +77,10 @@ def encode_texts(
     """Token ids of ``texts``, each keeping its last ``max_tokens`` tokens (the end of a text,
     next to what follows it, matters most).
 
-    ``special_tokens=False`` (how the env encodes prompts): no special tokens are added.
+    ``special_tokens=False`` (how the env encodes prompts): no special tokens are added (an
+    appended EOS would end an episode before it starts), except a BOS the tokenizer adds by
+    itself (Llama-style), which the model was trained to see first: it is kept in front, also
+    when a long text is cut from the left.
     ``special_tokens=True`` (how a reward model reads ``prompt + completion``): the tokenizer adds
     its own and truncates to ``max_tokens`` on its ``truncation_side`` (reward models set it to
     "left"). A text that gives no tokens becomes ``[empty_id]`` (default: the EOS id), so every
@@ -69,9 +92,12 @@ def encode_texts(
     if special_tokens:
         enc = tokenizer(list(texts), truncation=True, max_length=max_tokens)["input_ids"]
     else:
-        enc = [
-            x[-max_tokens:] for x in tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-        ]
+        plain = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        if adds_bos(tokenizer) and max_tokens > 1:
+            bos = tokenizer.bos_token_id
+            enc = [[bos, *x[-(max_tokens - 1) :]] for x in plain]
+        else:
+            enc = [x[-max_tokens:] for x in plain]
     return [list(x) if len(x) else [fill] for x in enc]
 
 
