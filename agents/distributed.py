@@ -9,13 +9,16 @@ object the agent consults about the others:
 * **One global batch.** After each rollout the ranks all-gather it (token ids, masks, rewards,
   log-probs, final infos: small next to the model work), so every statistic over the batch
   (GAE, advantage whitening, group / batch std, leave-one-out baselines, metrics) is computed on
-  all B rows, identically on every rank. Old log-probs and values are scored on each rank's own
-  rows and gathered, so that forward is not repeated N times.
-* **Split minibatches.** All ranks draw the same permutation of the B rows; each takes 1/N of every
+  all B rows, identically on every rank. A no-grad forward over the batch (old values, old
+  log-probs) runs on each rank's own rows and is gathered (``Agent._all_rows``), so it is not
+  repeated N times.
+* **Split minibatches.** Every rank uses rank 0's permutation of the B rows and takes 1/N of each
   global minibatch. A loss is written as this rank's *share*: the average of the shares over the
-  ranks is the loss of the whole minibatch (token means divide by the all-reduced token count,
-  see :meth:`Dist.token_share`). ``DistributedDataParallel`` averages the gradients, so N ranks ×
-  B/N rows take the same step as one process × B rows.
+  ranks is the loss of the whole minibatch (token means are weighted by the all-reduced token
+  count, see :meth:`Dist.token_share`; a mean over rows needs nothing, every rank has as many).
+  The training forward goes through ``Agent._forward``, so ``DistributedDataParallel`` averages
+  the gradients: N ranks × B/N rows take the same step as one process × B rows. (DPO's own
+  training loop does neither yet; ``Agent._step`` refuses it on several ranks.)
 * **Adaptive β.** Each rank's env moves its KL controller on its own episodes; after the rollout
   the ranks combine the multiplicative steps (:meth:`Dist.combine_kl_coef`), so β sees every
   episode of the batch.
@@ -23,11 +26,12 @@ object the agent consults about the others:
   so a run resumes with any N. Evaluation spreads its episodes over the ranks (every rank calls
   it) and returns the metrics of all of them.
 * **Failures.** The process group has a timeout (``TEXTENV_DIST_TIMEOUT`` seconds, default 600),
-  and torchrun stops every rank when one exits with an error (the entry point is decorated with
+  and torchrun stops every rank when one exits with an error (``python -m agents`` is decorated with
   ``record``, so torchrun prints the failing rank's traceback).
 
 Backends: gloo when the policy is on the CPU, NCCL on CUDA (one GPU per rank: ``"cuda"`` means
-``cuda:LOCAL_RANK``).
+``cuda:LOCAL_RANK``). The module also holds the precision helpers of the GPU path
+(:func:`autocast`, :func:`float32`: ``AgentConfig.compute_dtype``).
 """
 
 from __future__ import annotations
