@@ -283,3 +283,21 @@ def test_per_token_kl_when_rows_restart_mid_batch():
     np.testing.assert_allclose(r, [-beta * (lp - ref0[0]), -beta * (lp - ref1[2])], atol=1e-4)
     _, r, *_ = step([101, 33])
     np.testing.assert_allclose(r[0], -beta * (lp - ref0[1]), atol=1e-4)
+
+
+def test_beta_zero_can_be_set_and_a_dict_prompt_carries_its_metadata():
+    seen = []
+
+    def reward(prompts, completions, metadata):
+        seen.append((list(prompts), [dict(m) for m in metadata]))
+        return [1.0] * len(completions)
+
+    env = TextGenEnv(**{**KW, "reward": reward}, kl_coef=0.5)
+    env.kl_coef = 0.0  # β = 0 is a valid setting (no penalty)
+    assert env.kl_coef == 0.0
+    env.reset(seed=0, options={"prompt": {"prompt": "Hi", "target": "x"}})
+    rewards = play(env, TOKENS, LOGPI, prompt={"prompt": "Hi", "target": "x"})[0]
+    assert rewards[-1] == 1.0  # β = 0: the RM score alone, whatever the KL̂
+    assert seen[-1] == (["Hi"], [{"target": "x"}])
+    with pytest.raises(ValueError):
+        env.kl_coef = -0.1
