@@ -4,7 +4,8 @@ Everything the package writes (checkpoints, reward models, preference and metric
 folders) goes through these functions, so a kill at any moment leaves either the old state or
 the new one, never a torn file or a half-written folder:
 
-* :func:`atomic_write_text` / :func:`atomic_write_json` / :func:`atomic_write_lines`: a temp file
+* :func:`atomic_write_bytes` / :func:`atomic_write_text` / :func:`atomic_write_json` /
+  :func:`atomic_write_lines`: a temp file
   in the same folder, fsync, ``os.replace``, fsync of the folder.
 * :func:`atomic_write_dir`: ``write(tmp)`` fills a temp folder next to the target, then renames
   swap it in. A kill between the two renames leaves the previous folder at ``.<name>.old``,
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "atomic_write_bytes",
     "atomic_write_text",
     "atomic_write_json",
     "atomic_write_lines",
@@ -58,15 +60,16 @@ def _check_not_dir(path: Path) -> None:
         raise IsADirectoryError(f"{path} is a folder; expected a file path")
 
 
-def atomic_write_lines(path: str | os.PathLike, lines: Iterable[str]) -> Path:
-    """Write ``lines`` (each with its own newline) to ``path`` atomically."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically: a temp file beside it, fsync, rename, fsync of
+    the folder."""
     path = Path(path)
     _check_not_dir(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(lines)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -76,6 +79,11 @@ def atomic_write_lines(path: str | os.PathLike, lines: Iterable[str]) -> Path:
         raise
     fsync_dir(path.parent)
     return path
+
+
+def atomic_write_lines(path: str | os.PathLike, lines: Iterable[str]) -> Path:
+    """Write ``lines`` (each with its own newline) to ``path`` atomically."""
+    return atomic_write_bytes(path, "".join(lines).encode("utf-8"))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -28,6 +28,7 @@ The agents are imported lazily: ``textenv`` itself never depends on ``agents``.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import time
@@ -42,7 +43,7 @@ from transformers.utils import logging as hf_logging
 from agents import ALGORITHMS
 from agents.base import is_checkpoint
 from agents.evaluation import evaluate
-from textenv.files import atomic_write_dir, atomic_write_json
+from textenv.files import atomic_write_bytes, atomic_write_dir, atomic_write_json
 from textenv.preferences import (
     SimulatedLabeller,
     read_preferences,
@@ -408,8 +409,10 @@ def _plot(curve: list[dict[str, Any]], path: Path, title: str) -> None:
     axes[1].set_xlabel("KL(π ‖ ρ) per episode, nats (held-out prompts)")
     axes[0].set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=120)
     plt.close(fig)
+    atomic_write_bytes(path, image.getvalue())
 
 
 def stage_evaluation(config: RunConfig, run_dir: Path) -> dict[str, Any]:

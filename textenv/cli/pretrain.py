@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from textenv.tasks import sentiment, sort
 from textenv.training.pretrain import BASE_MODELS, MODELS_DIR, pretrain
@@ -31,7 +30,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_pretrain_command(args: argparse.Namespace) -> int:
     """Run ``textenv pretrain`` from parsed arguments; returns the exit code."""
     out = args.out or str(MODELS_DIR / args.task)
-    os.makedirs(out, exist_ok=True)
     metrics = pretrain(args.task, out, seed=args.seed, steps=args.steps, threads=args.threads)
     if getattr(args, "task_data", False):
         if args.task == "prose":

@@ -34,6 +34,7 @@ import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
+from textenv.files import atomic_write_dir
 from textenv.lm.models import BUILTIN_MODELS_DIR
 from textenv.lm.padding import left_pad_encode
 from textenv.lm.sampling import generate
@@ -403,14 +404,15 @@ def pretrain(
     }
     metrics.update(_samples_and_scores(task, model, tokenizer, seed))
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     _disable_dropout(model)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    with open(out / "pretrain_metrics.json", "w", encoding="utf-8") as f:
-        json.dump(metrics, f, indent=1)
-        f.write("\n")
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        (folder / "pretrain_metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+
+    # The whole folder at once: a kill leaves the previous model, never half of a new one.
+    out = atomic_write_dir(out_dir, write, replaces=["pretrain_metrics.json"])
     if log:
         summary = {k: metrics.get(k) for k in (
             "parameters", "train_time_s", "heldout_perplexity", "eval_gold_mean_t1")}  # fmt: skip
