@@ -301,3 +301,32 @@ def test_beta_zero_can_be_set_and_a_dict_prompt_carries_its_metadata():
     assert seen[-1] == (["Hi"], [{"target": "x"}])
     with pytest.raises(ValueError):
         env.kl_coef = -0.1
+
+
+def test_action_masks_are_the_references_top_k():
+    env = TextGenEnv(**KW, action_mask_top_k=5)
+    env.reset(seed=0, options={"prompt": PROMPT})
+    masks = env.action_masks()
+    model = load_frozen_causal_lm("tiny")
+    ids = load_tokenizer("tiny")(PROMPT, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+    top5 = set(torch.topk(logits, 5).indices.tolist())
+    assert masks.shape == (257,) and masks.dtype == bool
+    assert set(np.flatnonzero(masks).tolist()) == top5
+    plain = TextGenEnv(**KW)
+    plain.reset(seed=0)
+    assert plain.action_masks().shape == (257,) and plain.action_masks().all()
+
+
+def test_k3_in_the_env_clamps_an_extreme_log_ratio():
+    env = TextGenEnv(**KW, kl_estimator="k3", kl_coef=0.1)
+    _, _, _, info = play(env, TOKENS, [-200.0] * 4)  # log ρ − log π ≈ +195, clamped to +10
+    assert info["kl"] == pytest.approx(4 * (math.exp(10.0) - 1.0 - 10.0), rel=1e-9)
+
+
+def test_require_mode_refuses_a_step_without_log_pi():
+    env = TextGenEnv(**KW, kl_logprob="require")
+    env.reset(seed=0)
+    with pytest.raises(Exception, match="kl_logprob='require'"):
+        env.step(104)
