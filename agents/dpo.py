@@ -38,7 +38,14 @@ makes ``epochs × batch_size / minibatch_size`` gradient steps on them, with gra
 the learning rate decayed linearly to 0 over ``learn``'s budget. The budget counts completion
 tokens trained on (chosen + rejected, EOS included); ``learn(passes=3)`` asks for three passes over
 the data instead. The pair order depends only on the seed and the iteration, so a saved agent
-resumes exactly where it stopped.
+resumes exactly where it stopped (with any number of ranks).
+
+**Data-parallel** (``torchrun`` / ``textenv train --nproc N``, :mod:`agents.distributed`): every
+rank reads all the pairs and draws the same batches; each takes 1/N of every minibatch
+(``minibatch_size`` stays global and must divide by N), its forward goes through
+``DistributedDataParallel``, so N ranks take the same step as one process. The reference's
+log-probs are scored 1/N per rank and gathered, so every rank caches the same values. Rank 0
+alone evaluates, logs and saves.
 
 **Evaluation** is the RL agents': every ``eval_every`` iterations the policy plays the env on its
 held-out prompts (:func:`agents.evaluation.evaluate`) and ``env/rm_score``, ``env/kl``,
@@ -282,10 +289,6 @@ class DPO(Agent):
 
     def __init__(self, config: DPOConfig | None = None, *, _checkpoint: Path | None = None):
         super().__init__(config, _checkpoint=_checkpoint)
-        if self.dist.enabled:  # each rank would train on every pair, unsynchronised
-            raise NotImplementedError(
-                "DPO runs in one process: data-parallel ranks are not supported"
-            )
         cfg = self.config
         env_cfg = self.env.config
         self.reference = load_frozen_causal_lm(env_cfg.reference, env_cfg.device, env_cfg.dtype)
@@ -363,18 +366,30 @@ class DPO(Agent):
 
     @torch.no_grad()
     def _reference_logps(
-        self, name: str, data: EncodedPairs, chunk: int = 64
+        self, name: str, data: EncodedPairs, chunk: int = 64, *, spread: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The reference's log-probs of every pair of ``data``, computed once and cached."""
+        """The reference's log-probs of every pair of ``data``, computed once and cached.
+
+        ``spread`` (every rank must call it then): each rank scores a contiguous 1/N of the
+        pairs and the ranks gather them, so every rank caches the same values, once."""
         if name not in self._ref_cache:
+            D, rows = len(data), range(len(data))
+            if spread and self.dist.enabled:
+                share = -(-D // self.dist.world_size)  # ceil: the last rank may have fewer
+                rows = range(min(self.dist.rank * share, D), min((self.dist.rank + 1) * share, D))
             parts = [
-                self._logps(self.reference, data, slice(i, i + chunk))
-                for i in range(0, len(data), chunk)
+                self._logps(self.reference, data, slice(i, min(i + chunk, rows.stop)))
+                for i in range(rows.start, rows.stop, chunk)
             ]
-            self._ref_cache[name] = (
-                torch.cat([c for c, _ in parts]).float(),
-                torch.cat([r for _, r in parts]).float(),
-            )
+            chosen = torch.cat([c for c, _ in parts]) if parts else torch.zeros(0)
+            rejected = torch.cat([r for _, r in parts]) if parts else torch.zeros(0)
+            if spread and self.dist.enabled:
+                # Equal shapes for the all-gather: pad each share to `share`, then drop the pad.
+                both = torch.zeros(2, share, device=data.prompt_ids.device)
+                both[0, : len(rows)], both[1, : len(rows)] = chosen, rejected
+                gathered = self.dist.gather_cat(both.T.contiguous()).T  # (2, N·share)
+                chosen, rejected = gathered[0, :D], gathered[1, :D]
+            self._ref_cache[name] = (chosen.float(), rejected.float())
         return self._ref_cache[name]
 
     def _loss(
@@ -457,32 +472,42 @@ class DPO(Agent):
     # ------------------------------------------------------------------ training
 
     def _train_batch(self, idx: torch.Tensor) -> dict[str, float]:
+        """``epochs`` passes over the pairs ``idx`` (the global batch, the same on every rank)
+        in minibatches of ``minibatch_size`` pairs. With N ranks each rank takes its 1/N of
+        every minibatch; each has as many pairs, so the mean of the ranks' pair means (what
+        DDP's gradient average computes) is the minibatch's mean, and so are the metrics."""
         cfg = self.config
+        self._reference_logps("train", self.train_data, spread=True)  # every rank, together
         stats: dict[str, list[torch.Tensor]] = {
             k: [] for k in ("loss", "acc", "chosen", "rejected")
         }
         grads = []
         for _epoch in range(cfg.epochs):
             order = torch.randperm(len(idx), generator=self.generator, device=cfg.device)
+            order = self.dist.broadcast(order)  # rank 0's order (the seeds agree; be sure)
             for start in range(0, len(idx), cfg.minibatch_size):
-                rows = idx[order[start : start + cfg.minibatch_size]]
-                losses, c, r = self._loss(self.train_data, "train", rows)
+                rows = self.dist.shard(idx[order[start : start + cfg.minibatch_size]])
+                losses, c, r = self._forward(self._loss, self.train_data, "train", rows)
                 grads.append(self._step(losses.mean()))
                 stats["loss"].append(losses.detach())
                 stats["acc"].append(_accuracy(c - r))
                 stats["chosen"].append(c)
                 stats["rejected"].append(r)
         loss, acc, c, r = (torch.cat(stats[k]) for k in ("loss", "acc", "chosen", "rejected"))
-        return {
-            "dpo/loss": float(loss.mean()),
-            "loss/policy": float(loss.mean()),
-            "dpo/accuracy": float(acc.mean()),
-            "dpo/margin": float((c - r).mean()),
-            "dpo/chosen_reward": float(c.mean()),
-            "dpo/rejected_reward": float(r.mean()),
-            "dpo/beta": float(cfg.beta),
-            "policy/grad_norm": sum(grads) / len(grads),
-        }
+        # Means over equal shares: their average over the ranks is the global mean (grad_norm
+        # and beta are already equal on every rank).
+        return self.dist.mean_metrics(
+            {
+                "dpo/loss": float(loss.mean()),
+                "loss/policy": float(loss.mean()),
+                "dpo/accuracy": float(acc.mean()),
+                "dpo/margin": float((c - r).mean()),
+                "dpo/chosen_reward": float(c.mean()),
+                "dpo/rejected_reward": float(r.mean()),
+                "dpo/beta": float(cfg.beta),
+                "policy/grad_norm": sum(grads) / len(grads),
+            }
+        )
 
     def _eval_metrics(self) -> dict[str, float]:
         """Env metrics of the policy on the env's held-out prompts (and ``dpo/val_*``)."""
@@ -535,7 +560,7 @@ class DPO(Agent):
         bar = progress(
             total_tokens,
             initial=min(self.tokens_seen, total_tokens),
-            disable=not self.config.progress,
+            disable=not self.config.progress or not self.dist.is_main,
             unit="tok",
             desc=self.algo,
         )
@@ -543,7 +568,9 @@ class DPO(Agent):
         try:
             with self._stop_on_signals(checkpoint is not None):
                 while self.tokens_seen < total_tokens and (iterations is None or done < iterations):
-                    if self._stop_signal is not None:
+                    # The ranks stop together (torchrun signals each of them, not at once).
+                    if self.dist.any(self._stop_signal is not None):
+                        self._stop_signal = self._stop_signal or "SIGTERM"
                         break
                     before = self.tokens_seen
                     self._iterate()
@@ -575,7 +602,9 @@ class DPO(Agent):
             group["lr"] = lr
         metrics: dict[str, float] = {}
         t0 = time.perf_counter()
-        if cfg.eval_every and self.iteration % cfg.eval_every == 0:
+        # Rank 0 alone evaluates (and logs): the others go on to the update and wait for it
+        # in its first collective.
+        if cfg.eval_every and self.iteration % cfg.eval_every == 0 and self.dist.is_main:
             metrics.update(self._eval_metrics())  # the policy before this update
         t1 = time.perf_counter()
         self.generator.manual_seed(self._iter_seed(1))
@@ -596,4 +625,6 @@ class DPO(Agent):
                 "time/tokens_per_s": n_tokens / (t2 - t1),
             }
         )
+        if self.dist.enabled:
+            metrics["dist/world_size"] = self.dist.world_size
         self._log(metrics)

@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from agents import GRPO, PPO, RLOO, GRPOConfig, PPOConfig, RLOOConfig
+from agents import DPO, GRPO, PPO, RLOO, DPOConfig, GRPOConfig, PPOConfig, RLOOConfig
 from agents.__main__ import build_parser
 from agents.distributed import LOCAL, Dist, init_distributed, shutdown, to_argv
 from agents.policy import Rollout
@@ -243,3 +243,130 @@ def test_a_failing_rank_stops_the_job_with_its_error(tmp_path):
     assert proc.returncode != 0
     assert "rank 1 fails on purpose" in proc.stdout + proc.stderr
     assert elapsed < timeout / 2
+
+
+# --------------------------------------------------------------------------- DPO
+# DPO's own loop: 2 ranks × half of every minibatch of pairs = 1 process × all of it. 27 pairs
+# of different lengths (27 is odd: the reference cache is scored 14 + 13 pairs by the ranks).
+DPO_CONFIG = dict(
+    env_id="textenv/Tiny-v0", num_envs=4, batch_size=16, minibatch_size=8, epochs=2, lr=1e-3,
+    beta=0.1, seed=0, eval_every=1, eval_prompts=4, progress=False,
+)  # fmt: skip
+
+
+def _dpo_pairs_file(folder: Path) -> Path:
+    rng = np.random.default_rng(0)
+    words = ["sun", "moon", "tea", "aei", "xyz", "star", "oak", "ice"]  # ≤ 15 bytes: no cut
+    rows = []
+    for i in range(27):
+        prompt, chosen, rejected = (
+            " ".join(rng.choice(words, size=int(rng.integers(1, 4)))) for _ in range(3)
+        )
+        rows.append({"prompt": f"{i}: {prompt}", "chosen": chosen, "rejected": rejected + "!"})
+    path = folder / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+class _RowsSeen(DPO):
+    """DPO that records the pairs of each training forward and counts the reference's."""
+
+    def _logps(self, model, data, idx):
+        if model is self.reference:
+            self.ref_scored += len(data.chosen[idx])
+        return super()._logps(model, data, idx)
+
+    def _loss(self, data, name, idx):
+        if name == "train":
+            self.rows_seen.append(sorted(idx.tolist()))
+        return super()._loss(data, name, idx)
+
+
+def _dpo_train_once(data: Path, **kw) -> dict:
+    agent = _RowsSeen(DPOConfig(data=str(data), **{**DPO_CONFIG, **kw}))
+    agent.rows_seen, agent.ref_scored = [], 0
+    before = {k: v.detach().clone() for k, v in agent.policy.model.state_dict().items()}
+    agent.learn(10**9, iterations=1)  # 2 epochs × 2 minibatches of 8 pairs: 4 optimizer steps
+    out = {
+        "before": before,
+        "params": {k: v.detach().clone() for k, v in agent.policy.model.state_dict().items()},
+        "metrics": agent.history[-1],
+        "tokens": agent.tokens_seen,
+        "ref": tuple(x.clone() for x in agent._ref_cache["train"]),
+        "rows": agent.rows_seen,
+        "ref_scored": agent.ref_scored,
+    }
+    agent.close()
+    return out
+
+
+def _dpo_rank_main(rank: int, world: int, port: int, folder: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    init_distributed("cpu", timeout_s=120)
+    try:
+        result = _dpo_train_once(Path(folder) / "pairs.jsonl")
+        torch.save(result, Path(folder) / f"dpo-rank{rank}.pt")
+    finally:
+        shutdown()
+
+
+def test_dpo_two_ranks_take_the_same_step_as_one_process(tmp_path):
+    data = _dpo_pairs_file(tmp_path)
+    mp.start_processes(
+        _dpo_rank_main, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="fork"
+    )
+    ranks = [torch.load(tmp_path / f"dpo-rank{r}.pt", weights_only=False) for r in range(2)]
+    one = _dpo_train_once(data)
+    # Every rank caches every pair's reference log-probs, the same ones, though it scored only
+    # its share of them (the ranks gather the rest); they are the ones one process scores.
+    assert (ranks[0]["ref_scored"], ranks[1]["ref_scored"], one["ref_scored"]) == (14, 13, 27)
+    for x0, x1, x in zip(ranks[0]["ref"], ranks[1]["ref"], one["ref"]):
+        assert x0.shape == (27,) and torch.equal(x0, x1)
+        torch.testing.assert_close(x0, x, rtol=1e-5, atol=1e-5)
+    # Each rank trains on its own half of every minibatch (not on all of it).
+    assert len(one["rows"]) == len(ranks[0]["rows"]) == len(ranks[1]["rows"]) == 4
+    for step, rows in enumerate(one["rows"]):
+        half0, half1 = ranks[0]["rows"][step], ranks[1]["rows"][step]
+        assert len(half0) == len(half1) == 4 and sorted(half0 + half1) == rows
+    for key, value in ranks[0]["params"].items():
+        assert torch.equal(value, ranks[1]["params"][key]), key
+    moved = max(float((one["params"][k] - v).abs().max()) for k, v in one["before"].items())
+    assert moved > 1e-3
+    for key, value in one["params"].items():
+        torch.testing.assert_close(ranks[0]["params"][key], value, rtol=1e-4, atol=2e-6, msg=key)
+    assert ranks[0]["tokens"] == ranks[1]["tokens"] == one["tokens"]
+    for key in ("dpo/loss", "dpo/accuracy", "dpo/margin", "dpo/chosen_reward", "policy/grad_norm"):
+        assert ranks[0]["metrics"][key] == pytest.approx(one["metrics"][key], rel=1e-4, abs=1e-6)
+        assert ranks[1]["metrics"][key] == ranks[0]["metrics"][key]
+    # Rank 0 alone evaluates on the env (eval_every=1), as one process does.
+    assert "env/rm_score" in ranks[0]["metrics"] and "env/rm_score" in one["metrics"]
+    assert "env/rm_score" not in ranks[1]["metrics"]
+    assert ranks[0]["metrics"]["dist/world_size"] == 2 and "dist/world_size" not in one["metrics"]
+
+
+def test_textenv_train_nproc_2_dpo_then_resume_with_one_process(tmp_path):
+    data = _dpo_pairs_file(tmp_path)
+    out = tmp_path / "dpo"
+    config = dict(num_envs=4, batch_size=8, minibatch_size=4, eval_every=2, eval_prompts=4)
+    config.update(progress=False, anneal_lr=False)
+    cmd = [sys.executable, "-m", "textenv.cli", "train", "--nproc", "2", "--algo", "dpo"]
+    cmd += ["--data", str(data), "--env", "textenv/Tiny-v0", "--total-tokens", "300"]
+    cmd += ["--out", str(out), "--config", json.dumps(config)]
+    proc = _run(cmd, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("saved dpo agent") == 1  # rank 0 alone prints ...
+    rows = [
+        json.loads(r) for r in (tmp_path / "dpo-logs" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["iteration"] for r in rows] == list(range(1, len(rows) + 1))  # ... and logs
+    assert len(rows) >= 2 and all(r["dist/world_size"] == 2 for r in rows)
+    assert "env/rm_score" in rows[0] and "env/rm_score" not in rows[1]  # eval_every=2
+    agent = DPO.load(out, progress=False, log_dir=str(tmp_path / "resumed-logs"))
+    assert agent.iteration == len(rows) and agent.tokens_seen >= 300
+    agent.learn(10**6, iterations=1)
+    assert agent.iteration == len(rows) + 1
+    agent.close()
