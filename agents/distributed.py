@@ -17,8 +17,9 @@ object the agent consults about the others:
   ranks is the loss of the whole minibatch (token means are weighted by the all-reduced token
   count, see :meth:`Dist.token_share`; a mean over rows needs nothing, every rank has as many).
   The training forward goes through ``Agent._forward``, so ``DistributedDataParallel`` averages
-  the gradients: N ranks × B/N rows take the same step as one process × B rows. (DPO's own
-  training loop does neither yet; ``Agent._step`` refuses it on several ranks.)
+  the gradients: N ranks × B/N rows take the same step as one process × B rows. DPO shards its
+  minibatches of pairs the same way, and spreads the scoring of its reference cache over the
+  ranks.
 * **Adaptive β.** Each rank's env moves its KL controller on its own episodes; after the rollout
   the ranks combine the multiplicative steps (:meth:`Dist.combine_kl_coef`), so β sees every
   episode of the batch.
