@@ -451,11 +451,12 @@ def test_reward_model_loop_epochs_batches_and_early_stopping(capsys):
     # after epoch 1: with patience 2 the loop stops after epoch 3 and keeps epoch 1's weights.
     table = ScoreTable([1.0, 0.0, 2.0], [0.0, 0.5, 3.0], val=[[0.3], [0.0]])
     train_m, val_m = np.zeros(3, np.float32), np.zeros(1, np.float32)
-    config = RewardModelConfig(epochs=10, batch_size=2, lr=1e-7, patience=2, grad_clip=0.0)
+    config = RewardModelConfig(epochs=10, batch_size=2, lr=1e-7, patience=2, grad_clip=1.0)
     fit = fit_bradley_terry(table, table.rewards, train_m, val_m, config)
     assert capsys.readouterr().out == ""  # no progress output unless asked
     assert [h["epoch"] for h in fit.history] == [0, 1, 2, 3]
-    assert fit.best_epoch == 1 and fit.epochs_run == 3 and fit.stopped_early
+    assert fit.best_epoch == 1 and fit.epochs_run == 3 and fit.stopped_early is True
+    assert 0 <= fit.train_time_s < 60 and all(0 <= h["time_s"] < 60 for h in fit.history[1:])
     # lr ≈ 0: every epoch's train loss is the mean over all three pairs (not the last batch's).
     want = (_softplus(-1.0) + _softplus(0.5) + _softplus(1.0)) / 3
     for h in fit.history[1:]:
@@ -467,7 +468,7 @@ def test_reward_model_loop_epochs_batches_and_early_stopping(capsys):
     config = RewardModelConfig(epochs=3, batch_size=2, lr=0.01, grad_clip=0.0)
     fit = fit_bradley_terry(plain, plain.rewards, train_m, np.zeros(0, np.float32), config)
     assert [h["epoch"] for h in fit.history] == [1, 2, 3] and "val_loss" not in fit.history[0]
-    assert fit.best_epoch == 3 and fit.epochs_run == 3 and not fit.stopped_early
+    assert fit.best_epoch == 3 and fit.epochs_run == 3 and fit.stopped_early is False
     assert plain.chosen[0].item() > 1.02 and plain.rejected[0].item() < -0.02  # it trained
     with pytest.raises(ValueError, match="no training pairs"):
         fit_bradley_terry(plain, plain.rewards, np.zeros(0), np.zeros(0), config)
@@ -480,3 +481,38 @@ def test_reward_model_loop_reports_progress_per_epoch(capsys):
                       config, progress=True)  # fmt: skip
     out = capsys.readouterr().out
     assert out.count("epoch 1: train_loss") == 1 and out.count("epoch 2: train_loss") == 1
+
+
+class SharedScores(ScoreTable):
+    """Held-out pairs scored by the trained parameters themselves: validation improves too."""
+
+    def rewards(self, split: str, rows) -> tuple[torch.Tensor, torch.Tensor]:
+        return super().rewards("train", rows)
+
+
+def test_reward_model_loop_keeps_the_best_epochs_weights():
+    def fit(epochs: int, val: bool = True, **kw):
+        table = SharedScores([1.0, 0.0], [0.0, 0.5], val=[[0.0], [0.0]])
+        config = RewardModelConfig(epochs=epochs, batch_size=2, lr=0.05, grad_clip=0.0, **kw)
+        m = np.zeros(2, np.float32)
+        return table, fit_bradley_terry(table, table.rewards, m, m if val else m[:0], config)
+
+    # Validation improves by less than 1 nat per epoch, and every improvement counts.
+    table, result = fit(3, patience=1)
+    assert result.best_epoch == 3 and not result.stopped_early
+
+    # Validation that worsens after epoch 1: the loop must restore epoch 1's weights.
+    class Worsening(SharedScores):
+        def rewards(self, split, rows):
+            c, r = super().rewards(split, rows)
+            return (c, r) if split == "train" else (-c, -r)  # training makes these worse
+
+    table = Worsening([1.0, 0.0], [0.0, 0.5], val=[[0.0], [0.0]])
+    config = RewardModelConfig(epochs=5, batch_size=2, lr=0.05, grad_clip=0.0, patience=2)
+    m = np.zeros(2, np.float32)
+    result = fit_bradley_terry(table, table.rewards, m, m, config)
+    assert result.best_epoch == 1 and result.epochs_run == 3 and result.stopped_early
+    one, _ = fit(1, val=False)  # the weights after exactly one epoch
+    torch.testing.assert_close(table.chosen.detach(), one.chosen.detach())
+    torch.testing.assert_close(table.rejected.detach(), one.rejected.detach())
+    assert not torch.allclose(one.chosen.detach(), torch.tensor([1.0, 0.0]))  # it did move
