@@ -16,14 +16,14 @@ Pieces
   SB3 casts Box observations to float; the extractor casts them back to ``long``.
 * :class:`LMActorCriticPolicy` (and :class:`MaskableLMActorCriticPolicy` for MaskablePPO): an
   ``ActorCriticPolicy`` whose actor is a causal LM loaded with
-  :func:`textenv.models.load_causal_lm` (by default the env's reference, as in RLHF). It is built
+  :func:`textenv.lm.models.load_causal_lm` (by default the env's reference, as in RLHF). It is built
   from SB3's own extension points, so every SB3 method (``forward``, ``evaluate_actions``,
   ``predict``, masking) runs unchanged: the *features extractor* is the LM trunk read at the
   last real token of the observation, the *action net* is the LM head divided by the env's
   ``temperature``, the *value net* a zero-initialised linear head on the same hidden state.
   Dropout stays off in training mode (RLHF implementation details).
 * :class:`TextGenSB3VecEnv`: an SB3 ``VecEnv`` over the native batched
-  :class:`textenv.vector.TextGenVectorEnv` (driven in ``DISABLED`` autoreset mode so finished rows
+  :class:`textenv.env.vector.TextGenVectorEnv` (driven in ``DISABLED`` autoreset mode so finished rows
   are reset on the same step, SB3-style, with ``terminal_observation`` in their info).
 * :class:`LogProbVecEnvWrapper`: the same log π link for an SB3 ``VecEnv`` of single envs
   (``DummyVecEnv`` / ``SubprocVecEnv`` from ``make_vec_env``).
@@ -182,7 +182,7 @@ class TokenFeaturesExtractor(BaseFeaturesExtractor):
 class LMFeaturesExtractor(BaseFeaturesExtractor):
     """A causal LM's trunk read at the last real token: the features an LM head turns into logits.
 
-    The LM is :func:`textenv.models.load_causal_lm` ``(lm, dtype=dtype)``, trainable. Only the
+    The LM is :func:`textenv.lm.models.load_causal_lm` ``(lm, dtype=dtype)``, trainable. Only the
     columns up to the batch's longest row are run (the right padding is never encoded). Dropout
     is kept off even in training mode.
     """
@@ -287,7 +287,7 @@ class LMActorCriticPolicy(_LMPolicyMixin, ActorCriticPolicy):
     head on the same hidden state (shared trunk). Pass ``policy_kwargs=lm_policy_kwargs(env)`` so
     the LM is the env's reference and the temperature the env's.
 
-    :param lm: model spec for :func:`textenv.models.load_causal_lm` (default ``"tiny"``).
+    :param lm: model spec for :func:`textenv.lm.models.load_causal_lm` (default ``"tiny"``).
     :param temperature: sampling temperature; must equal the env's ``temperature``.
     :param dtype: LM dtype (``None`` = float32).
     Other keyword arguments go to ``ActorCriticPolicy`` (optimizer settings and the like).
@@ -470,7 +470,7 @@ class _EpisodeStats:
 
 
 class TextGenSB3VecEnv(VecEnv):
-    """SB3 ``VecEnv`` over the native batched env :class:`textenv.vector.TextGenVectorEnv`.
+    """SB3 ``VecEnv`` over the native batched env :class:`textenv.env.vector.TextGenVectorEnv`.
 
     SB3 conventions: a finished row is reset on the same step (the returned observation is the
     new episode's first; the last one is ``info["terminal_observation"]``), ``dones``, a list of
