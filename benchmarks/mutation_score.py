@@ -66,7 +66,7 @@ SETS: dict[str, dict[str, list[str]]] = {
     },
     "core": {
         "modules": ["textenv/env/core.py"],
-        "tests": ["tests/test_env_edges.py", "tests/test_env.py", "tests/test_vector.py"],
+        "tests": ["tests/test_env_edges.py", "tests/test_env.py"],
     },
     "rewards": {
         "modules": ["textenv/rewards/base.py"],
@@ -205,6 +205,7 @@ def run_set(
     max_children: int,
     reuse: bool,
     rerun_survivors: bool = False,
+    rerun_only: list[str] | None = None,
 ) -> dict[str, Any]:
     workdir = SCRATCH_DIR / name
     if workdir.exists() and not (reuse or rerun_survivors):
@@ -218,7 +219,7 @@ def run_set(
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     targets = list(functions or [])
     if rerun_survivors:
-        targets = _refresh_for_rerun(workdir, modules, functions)
+        targets = _refresh_for_rerun(workdir, modules, rerun_only or functions)
         if not targets:
             print("no survivors to rerun")
     cmd = ["mutmut", "run", "--max-children", str(max_children), *targets]
@@ -306,6 +307,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="rerun only the earlier run's survivors against the checkout's current tests",
     )
+    parser.add_argument(
+        "--rerun-only",
+        nargs="+",
+        help="with --rerun-survivors: only survivors matching these globs",
+    )
     args = parser.parse_args(argv)
     if not args.set and not args.modules:
         parser.error("give --set or --modules")
@@ -325,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         max_children=args.max_children,
         reuse=args.reuse,
         rerun_survivors=args.rerun_survivors,
+        rerun_only=args.rerun_only,
     )
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     out = RESULTS_DIR / f"{name}.json"
