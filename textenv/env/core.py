@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from textenv.env.config import EnvConfig
+from textenv.env.config import EnvConfig, check_real
 from textenv.env.kl import K3_MAX_LOG_RATIO, kl_estimate, make_kl_controller, report_missing_logprob
 from textenv.env.prompts import Prompt, PromptEncoder, check_prompt_text, load_prompts
 from textenv.lm.models import load_frozen_causal_lm, load_tokenizer
@@ -33,7 +33,7 @@ from textenv.lm.sampling import (
 from textenv.rewards import check_scores, check_user_reward, load_reward, score
 from textenv.rewards.capabilities import reads_token_ids, shares_reference_forward
 
-__all__ = ["EpisodeBatch", "Finished"]
+__all__ = ["EpisodeBatch", "EpisodeBatchAccess", "Finished"]
 
 
 @dataclass
@@ -382,3 +382,23 @@ class EpisodeBatch:
         """A step without log π: an error under ``kl_logprob="require"``, else a warning once."""
         report_missing_logprob(self.config.kl_logprob, self.warned_no_logprob, stacklevel=4)
         self.warned_no_logprob = True
+
+
+class EpisodeBatchAccess:
+    """The properties both envs expose from their :class:`EpisodeBatch` ``core`` (one home for
+    the single and the vector env)."""
+
+    core: EpisodeBatch
+
+    @property
+    def kl_coef(self) -> float:
+        """The current β (settable, e.g. to restore an adaptive controller on resume)."""
+        return self.core.controller.value
+
+    @kl_coef.setter
+    def kl_coef(self, value: float) -> None:
+        self.core.set_kl_coef(check_real("kl_coef", value))
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.core.tokenizer

@@ -11,8 +11,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.wrappers import TimeLimit
 
-from textenv.env.config import EnvConfig, check_real
-from textenv.env.core import EpisodeBatch, Finished
+from textenv.env.config import EnvConfig
+from textenv.env.core import EpisodeBatch, EpisodeBatchAccess, Finished
 from textenv.env.kl import check_logprob
 
 __all__ = ["TextGenEnv", "validate_action", "check_seed", "check_options", "reset_info"]
@@ -74,7 +74,7 @@ def reset_info(core: EpisodeBatch, row: int) -> dict[str, Any]:
     }
 
 
-class TextGenEnv(gym.Env[dict, int]):
+class TextGenEnv(EpisodeBatchAccess, gym.Env[dict, int]):
     """Token-level text generation as an MDP, rewarded by a reward model minus a KL penalty.
 
     ## Description
@@ -160,19 +160,6 @@ class TextGenEnv(gym.Env[dict, int]):
         self._done = False
 
     # ------------------------------------------------------------------ API
-
-    @property
-    def kl_coef(self) -> float:
-        """The current β (settable, e.g. to restore an adaptive controller on resume)."""
-        return self.core.controller.value
-
-    @kl_coef.setter
-    def kl_coef(self, value: float) -> None:
-        self.core.set_kl_coef(check_real("kl_coef", value))
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.core.tokenizer
 
     def set_action_logprob(self, logprob: Any) -> None:
         """log π of the action about to be passed to ``step`` (consumed by that step): a float,

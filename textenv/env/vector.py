@@ -9,15 +9,15 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from textenv.env.config import EnvConfig, check_real
-from textenv.env.core import EpisodeBatch, Finished
+from textenv.env.config import EnvConfig
+from textenv.env.core import EpisodeBatch, EpisodeBatchAccess, Finished
 from textenv.env.kl import check_logprobs
 from textenv.env.single import check_options, check_seed, reset_info
 
 __all__ = ["TextGenVectorEnv"]
 
 
-class TextGenVectorEnv(VectorEnv):
+class TextGenVectorEnv(EpisodeBatchAccess, VectorEnv):
     """B copies of :class:`~textenv.env.TextGenEnv` run as one batch.
 
     Same MDP as the single env (it shares :class:`~textenv.env.core.EpisodeBatch`), so with the same
@@ -81,19 +81,6 @@ class TextGenVectorEnv(VectorEnv):
         self._started = False
 
     # ------------------------------------------------------------------ API
-
-    @property
-    def kl_coef(self) -> float:
-        """The current β (settable, e.g. to restore an adaptive controller on resume)."""
-        return self.core.controller.value
-
-    @kl_coef.setter
-    def kl_coef(self, value: float) -> None:
-        self.core.set_kl_coef(check_real("kl_coef", value))
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.core.tokenizer
 
     @property
     def prompts(self) -> list:
