@@ -1,24 +1,8 @@
 """Run-time reward functions: learned reward models, the fused head, Python callables, and the
 spec strings that name them."""
 
-from textenv.rewards.base import (
-    RewardFunction,
-    RewardModelError,
-    SequenceClassifierReward,
-    check_reward_callable,
-    check_scores,
-    check_user_reward,
-    load_reward,
-    score,
-)
+from textenv.rewards import base
+from textenv.rewards.base import *  # noqa: F403  (its __all__)
 
-__all__ = [
-    "RewardFunction",
-    "RewardModelError",
-    "SequenceClassifierReward",
-    "load_reward",
-    "score",
-    "check_scores",
-    "check_reward_callable",
-    "check_user_reward",
-]
+# Base's list is the package's, but for the signature text (a constant of base alone).
+__all__ = [name for name in base.__all__ if name != "REWARD_SIGNATURE"]
