@@ -8,6 +8,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from textenv.preferences import SimulatedLabeller, read_rankings, write_jsonl
 from textenv.preferences.session import AnswerMismatchError, answer_stats, format_stats
@@ -27,6 +28,11 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _session(args: argparse.Namespace) -> dict[str, Any]:
+    """The labelling-session settings both front-ends (terminal and web) take."""
+    return {"mode": args.mode, "seed": args.seed, "overlap": args.overlap}
+
+
 def _cmd_web(args: argparse.Namespace) -> int:
     try:
         from textenv.preferences.web import serve
@@ -37,9 +43,7 @@ def _cmd_web(args: argparse.Namespace) -> int:
     serve(
         args.samples,
         args.out,
-        mode=args.mode,
-        seed=args.seed,
-        overlap=args.overlap,
+        **_session(args),
         host=args.host,
         port=args.port,
         allow_remote=args.allow_remote,
@@ -62,14 +66,7 @@ def _cmd_label(args: argparse.Namespace) -> int:
         try:
             if args.web:
                 return _cmd_web(args)
-            run_interactive(
-                args.samples,
-                args.out,
-                mode=args.mode,
-                seed=args.seed,
-                labeller=args.labeller,
-                overlap=args.overlap,
-            )
+            run_interactive(args.samples, args.out, **_session(args), labeller=args.labeller)
         except AnswerMismatchError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
