@@ -18,9 +18,7 @@ from textenv import pipeline
 from textenv.pipeline import RunConfig, run
 from textenv.preferences import (
     PreferencePair,
-    SimulatedLabeller,
     read_preferences,
-    sample_completions,
 )
 from textenv.training.bradley_terry import RewardModelConfig
 from textenv.training.reward_model import evaluate_reward, train_reward
@@ -45,20 +43,8 @@ def sort_run(tmp_path_factory):
 
 def held_out_pairs(config: RunConfig) -> list[PreferencePair]:
     """Pairs the RM never saw: reference samples on eval-split prompts, labelled like the run's."""
-    task = pipeline._task(config)
-    rows = sample_completions(
-        task["reference"],
-        task["prompts"],
-        k=config.k,
-        max_new_tokens=task["max_new_tokens"],
-        max_prompt_tokens=task["max_prompt_tokens"],
-        seed=config.seed + 7,
-        split="eval",
-        n_prompts=128,
-    )
-    labeller = SimulatedLabeller(
-        task["gold"], temperature=config.label_temperature, ties="skip", seed=config.seed + 7
-    )
+    rows = pipeline._sample_reference(config, seed=config.seed + 7, split="eval", n_prompts=128)
+    labeller = pipeline._labeller(config, seed=config.seed + 7)
     return labeller.label_samples(rows).items
 
 

@@ -45,6 +45,7 @@ from agents.base import is_checkpoint
 from agents.evaluation import evaluate
 from textenv.files import atomic_write_bytes, atomic_write_dir, atomic_write_json
 from textenv.preferences import (
+    Ranking,
     SimulatedLabeller,
     read_preferences,
     read_rankings,
@@ -54,6 +55,7 @@ from textenv.preferences import (
 from textenv.progress import progress
 from textenv.tasks import TASKS, TaskSpec
 from textenv.training.reward_model import RewardModelConfig, split_by_prompt, train_reward
+from textenv.validation import is_int, is_real
 
 __all__ = ["RunConfig", "run"]
 
@@ -121,11 +123,11 @@ class RunConfig:
             "eval_prompts",
         ):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
+            if not is_int(value):
                 raise ValueError(f"{name} must be an integer, got {value!r}")
         for name in ("label_temperature", "lr", "kl_coef"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if not is_real(value):
                 raise ValueError(f"{name} must be a number, got {value!r}")
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number ≥ 0, got {value!r}")
@@ -155,6 +157,32 @@ def _task(config: RunConfig) -> TaskSpec:
     return PIPELINE_TASKS[config.task]
 
 
+def _sample_reference(
+    config: RunConfig, *, seed: int, split: str, n_prompts: int, progress: bool = False
+) -> list[Ranking]:
+    """``config.k`` completions of the task's reference LM per prompt of ``split`` (the samples
+    stage draws the train split; held-out checks draw the eval split the same way)."""
+    task = _task(config)
+    return sample_completions(
+        task["reference"],
+        task["prompts"],
+        k=config.k,
+        max_new_tokens=task["max_new_tokens"],
+        max_prompt_tokens=task["max_prompt_tokens"],
+        seed=seed,
+        split=split,
+        n_prompts=n_prompts,
+        progress=progress,
+    )
+
+
+def _labeller(config: RunConfig, *, seed: int) -> SimulatedLabeller:
+    """The run's simulated labeller: the task's gold reward at ``config.label_temperature``."""
+    return SimulatedLabeller(
+        _task(config)["gold"], temperature=config.label_temperature, ties="skip", seed=seed
+    )
+
+
 def _done(run_dir: Path, stage: str) -> dict[str, Any] | None:
     marker = run_dir / stage / "done.json"
     return json.loads(marker.read_text()) if marker.is_file() else None
@@ -178,16 +206,8 @@ def stage_samples(config: RunConfig, run_dir: Path) -> dict[str, Any]:
 
     task = _task(config)
     started = time.perf_counter()
-    rows = sample_completions(
-        task["reference"],
-        task["prompts"],
-        k=config.k,
-        max_new_tokens=task["max_new_tokens"],
-        max_prompt_tokens=task["max_prompt_tokens"],
-        seed=config.seed,
-        split="train",
-        n_prompts=config.n_prompts,
-        progress=True,
+    rows = _sample_reference(
+        config, seed=config.seed, split="train", n_prompts=config.n_prompts, progress=True
     )
     write_jsonl(run_dir / "samples" / "samples.jsonl", rows)
     n = sum(len(r.completions) for r in rows)
@@ -201,11 +221,8 @@ def stage_samples(config: RunConfig, run_dir: Path) -> dict[str, Any]:
 
 def stage_preferences(config: RunConfig, run_dir: Path) -> dict[str, Any]:
 
-    task = _task(config)
     rows = read_rankings(run_dir / "samples" / "samples.jsonl")
-    labeller = SimulatedLabeller(
-        task["gold"], temperature=config.label_temperature, ties="skip", seed=config.seed
-    )
+    labeller = _labeller(config, seed=config.seed)
     result = labeller.label_samples(rows, mode="pairs")
     write_jsonl(run_dir / "preferences" / "preferences.jsonl", result.items)
     summary = result.summary()
