@@ -10,11 +10,11 @@ number either.
 
 from __future__ import annotations
 
-import math
-import numbers
 import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+from textenv.validation import check_int, check_real, type_name
 
 __all__ = [
     "EnvConfig",
@@ -55,29 +55,6 @@ DEFAULT_PROMPTS = [
 ]
 
 
-def _type_name(value: Any) -> str:
-    return type(value).__name__
-
-
-def check_int(name: str, value: Any, minimum: int) -> int:
-    """An integer ≥ ``minimum`` (numpy integers too; not a bool, a float or a string)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r} ({_type_name(value)})")
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
-    return int(value)
-
-
-def check_real(name: str, value: Any) -> float:
-    """A finite real number (int or float, numpy scalars included; not a bool or a string)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {value!r} ({_type_name(value)})")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return value
-
-
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
@@ -99,7 +76,7 @@ def _check_spec(name: str, value: Any, *, allow_callable: bool, optional: bool =
     kinds = "a spec string or a callable" if allow_callable else "a spec string"
     if optional:
         kinds += " or None"
-    raise TypeError(f"{name} must be {kinds}, got {value!r:.80} ({_type_name(value)})")
+    raise TypeError(f"{name} must be {kinds}, got {value!r:.80} ({type_name(value)})")
 
 
 def _check_prompts(value: Any) -> Any:
@@ -109,7 +86,7 @@ def _check_prompts(value: Any) -> Any:
         return value
     raise TypeError(
         "prompts must be a list of strings or {'prompt': str} dicts, a .txt/.jsonl path, a "
-        f"datasets.Dataset or a 'module:function' spec, got {value!r:.80} ({_type_name(value)})"
+        f"datasets.Dataset or a 'module:function' spec, got {value!r:.80} ({type_name(value)})"
     )
 
 

@@ -34,6 +34,7 @@ import torch
 from textenv.preferences import PreferencePair, read_preferences
 from textenv.progress import progress as show_progress
 from textenv.rewards.fused import CONFIG_NAME as FUSED_CONFIG
+from textenv.validation import is_finite, is_int
 
 __all__ = [
     "as_pairs",
@@ -44,8 +45,10 @@ __all__ = [
     "fit_bradley_terry",
     "FitResult",
     "pair_metrics",
+    "reward_normalisation",
     "split_by_prompt",
     "summary",
+    "training_pairs",
 ]
 
 DEFAULT_BACKBONE = "builtin:prose"
@@ -59,14 +62,6 @@ KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     ),
     "fused": dict(epochs=20, batch_size=64, lr=3e-3, weight_decay=1e-2, patience=4, grad_clip=0.0),
 }
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
@@ -122,17 +117,17 @@ class RewardModelConfig:
                 raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
         for name in ("epochs", "batch_size", "patience", "max_length", "width"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not _is_int(self.seed):
+        if not is_int(self.seed):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
         for name in ("lr", "weight_decay", "grad_clip", "center_coef"):
             value = getattr(self, name)
-            if not _is_number(value) or value < 0:
+            if not is_finite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number ≥ 0, got {value!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
-        if not _is_number(self.val_fraction) or not 0 <= self.val_fraction < 1:
+        if not is_finite(self.val_fraction) or not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
         for name in ("use_margin", "normalize"):
             if not isinstance(getattr(self, name), bool):
@@ -200,6 +195,29 @@ def split_by_prompt(
         [p for p in pairs if p.prompt not in val_prompts],
         [p for p in pairs if p.prompt in val_prompts],
     )
+
+
+def training_pairs(
+    pairs: Any, val_pairs: Any, config: RewardModelConfig, on_error: str = "raise"
+) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """Train / validation pairs of a run: ``val_pairs`` when given, else ``config.val_fraction``
+    of ``pairs`` held out by prompt (:func:`split_by_prompt`); raises when no training pair is
+    left."""
+    all_pairs = as_pairs(pairs, on_error)
+    if val_pairs is not None:
+        train, val = all_pairs, as_pairs(val_pairs, on_error)
+    else:
+        train, val = split_by_prompt(all_pairs, config.val_fraction, config.seed)
+    if not train:
+        raise ValueError("no training pairs")
+    return train, val
+
+
+def reward_normalisation(scores: np.ndarray) -> tuple[float, float]:
+    """``(mean, std)`` a trained RM stores so its reward has mean 0 and std 1 on ``scores`` (its
+    raw scores of reference samples); std 1 where it is undefined (one sample) or ~0."""
+    std = float(scores.std())
+    return float(scores.mean()), std if scores.size > 1 and std > 1e-8 else 1.0
 
 
 def margins(pairs: Sequence[Any], use_margin: bool) -> np.ndarray:

@@ -17,11 +17,11 @@ from textenv.rewards.fused import FusedRewardHead, make_mlp, pooled_scores
 from textenv.training.bradley_terry import (
     RM_MARKERS,
     RewardModelConfig,
-    as_pairs,
     fit_bradley_terry,
     margins,
-    split_by_prompt,
+    reward_normalisation,
     summary,
+    training_pairs,
 )
 
 __all__ = ["train_fused_head"]
@@ -83,13 +83,7 @@ def train_fused_head(
         settings["backbone"] = reference
     config = RewardModelConfig.from_kwargs("fused", config, **settings)
     out = check_dir_target(out_dir, RM_MARKERS)  # fail before training, not at the save
-    all_pairs = as_pairs(pairs, on_error)
-    if val_pairs is not None:
-        train, val = all_pairs, as_pairs(val_pairs, on_error)
-    else:
-        train, val = split_by_prompt(all_pairs, config.val_fraction, config.seed)
-    if not train:
-        raise ValueError("no training pairs")
+    train, val = training_pairs(pairs, val_pairs, config, on_error)
     torch.manual_seed(config.seed)
     head = FusedRewardHead(config.backbone, width=config.width, device=config.device)
     mlp = make_mlp(2 * head.model.config.hidden_size, config.width).to(config.device)
@@ -139,8 +133,7 @@ def train_fused_head(
                 for i in range(0, len(samples), 256)
             ]
         )
-        std = float(raw.std())
-        head.mean, head.std = float(raw.mean()), std if raw.size > 1 and std > 1e-8 else 1.0
+        head.mean, head.std = reward_normalisation(raw)
     metrics = summary(
         config,
         fit,

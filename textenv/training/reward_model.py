@@ -55,8 +55,10 @@ from textenv.training.bradley_terry import (
     fit_bradley_terry,
     margins,
     pair_metrics,
+    reward_normalisation,
     split_by_prompt,
     summary,
+    training_pairs,
 )
 from textenv.training.fused_head import train_fused_head
 
@@ -241,13 +243,7 @@ def train_reward_model(
     """
     config = RewardModelConfig.from_kwargs("backbone", config, **settings)
     out = check_dir_target(out_dir, RM_MARKERS)  # fail before training, not at the save
-    all_pairs = as_pairs(pairs, on_error)
-    if val_pairs is not None:
-        train, val = all_pairs, as_pairs(val_pairs, on_error)
-    else:
-        train, val = split_by_prompt(all_pairs, config.val_fraction, config.seed)
-    if not train:
-        raise ValueError("no training pairs")
+    train, val = training_pairs(pairs, val_pairs, config, on_error)
 
     device = config.device
     torch.manual_seed(config.seed)
@@ -282,8 +278,7 @@ def train_reward_model(
         else:
             samples = [p + c for p, c in normalize_samples]
         scores = _score_all(model, encoder, samples, device)
-        mean = float(scores.mean())
-        std = float(scores.std()) if scores.size > 1 and scores.std() > 1e-8 else 1.0
+        mean, std = reward_normalisation(scores)
     model.config.reward_mean = mean
     model.config.reward_std = std
     metrics = summary(
