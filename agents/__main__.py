@@ -24,6 +24,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from agents import ALGORITHMS
 from agents.distributed import DEFAULT_TIMEOUT_S, TIMEOUT_ENV, shutdown
+from agents.evaluation import summary_line
 
 __all__ = ["build_parser", "run", "main"]
 
@@ -99,11 +100,7 @@ def run(args: argparse.Namespace) -> int:
     if dist.is_main:
         ranks = f" on {dist.world_size} ranks" if dist.enabled else ""
         for name, m in (("before", before), ("after", after)):
-            gold = f", gold {m['env/gold_score']:.3f}" if "env/gold_score" in m else ""
-            print(
-                f"{name}: return {m['env/return']:.3f}, rm {m['env/rm_score']:.3f}, "
-                f"kl {m['env/kl']:.3f}{gold}"
-            )
+            print(f"{name}: {summary_line(m)}")
         print(
             f"saved {args.algo} agent ({agent.tokens_seen} tokens, {agent.iteration} "
             f"iterations{ranks}) to {path}"

@@ -379,6 +379,18 @@ class Agent:
         order = self.dist.broadcast(order)
         return [self.dist.shard(order[i : i + mb]) for i in range(0, B, mb)]
 
+    def _minibatch_passes(
+        self, mask: torch.Tensor
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The update loop of the on-policy agents: ``config.epochs`` passes over
+        :meth:`_minibatches`, yielding each minibatch's ``(rows, mask[rows], share)``; ``share``
+        turns a token mean over this rank's rows into its share of the global minibatch's
+        (:meth:`Dist.token_share`; 1 in one process)."""
+        for _epoch in range(self.config.epochs):
+            for rows in self._minibatches():
+                m = mask[rows]
+                yield rows, m, self.dist.token_share(m)
+
     def _all_rows(self, fn: Any) -> Any:
         """``fn(rows)`` (a tensor or a tuple of tensors over rows) for every row of the global
         rollout: each rank computes its own rows and the ranks gather the results."""
@@ -492,11 +504,7 @@ class Agent:
                     before = self.tokens_seen
                     self._iterate()
                     bar.update(min(self.tokens_seen - before, max(total_tokens - bar.n, 0)))
-                    bar.set_postfix(
-                        ret=f"{self.history[-1]['env/return']:.3f}",
-                        kl=f"{self.history[-1]['env/kl']:.2f}",
-                        refresh=False,
-                    )
+                    bar.set_postfix(self._progress_postfix(self.history[-1]), refresh=False)
                     done += 1
                     every = self.config.save_every
                     if checkpoint is not None and every and self.iteration % every == 0:
@@ -512,11 +520,34 @@ class Agent:
                 self._writer.flush()
         return self
 
-    def _iterate(self) -> None:
-        """One iteration: rollout, update, counters, a metrics row."""
+    def _progress_postfix(self, row: dict[str, Any]) -> dict[str, str]:
+        """What the progress bar shows after an iteration whose metrics row is ``row``."""
+        return {"ret": f"{row['env/return']:.3f}", "kl": f"{row['env/kl']:.2f}"}
+
+    def _apply_lr(self) -> float:
+        """Set the optimizer to :meth:`current_lr` (the iteration about to run); return it."""
         lr = self.current_lr()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        return lr
+
+    def _end_iteration(
+        self, metrics: dict[str, Any], n_tokens: int, lr: float, tail: dict[str, float]
+    ) -> None:
+        """Count an iteration that trained on ``n_tokens`` tokens at ``lr`` and log its row:
+        ``metrics``, the counters, ``tail`` (timings) and, with several ranks,
+        ``dist/world_size`` (in that order, the order of the metrics.jsonl keys)."""
+        self.iteration += 1
+        self.tokens_seen += n_tokens
+        metrics.update({"iteration": self.iteration, "tokens": self.tokens_seen, "lr": lr})
+        metrics.update(tail)
+        if self.dist.enabled:
+            metrics["dist/world_size"] = self.dist.world_size
+        self._log(metrics)
+
+    def _iterate(self) -> None:
+        """One iteration: rollout, update, counters, a metrics row."""
+        lr = self._apply_lr()
         t0 = time.perf_counter()
         self.generator.manual_seed(self._rank_seed(1))
         beta = self.env.kl_coef
@@ -528,21 +559,12 @@ class Agent:
         metrics = self._env_metrics(rollout)
         metrics.update(self.dist.mean_metrics(self._update(rollout)))
         t2 = time.perf_counter()
-        self.iteration += 1
-        self.tokens_seen += rollout.num_tokens
-        metrics.update(
-            {
-                "iteration": self.iteration,
-                "tokens": self.tokens_seen,
-                "lr": lr,
-                "time/rollout_s": t1 - t0,
-                "time/update_s": t2 - t1,
-                "time/tokens_per_s": rollout.num_tokens / (t2 - t0),
-            }
-        )
-        if self.dist.enabled:
-            metrics["dist/world_size"] = self.dist.world_size
-        self._log(metrics)
+        timing = {
+            "time/rollout_s": t1 - t0,
+            "time/update_s": t2 - t1,
+            "time/tokens_per_s": rollout.num_tokens / (t2 - t0),
+        }
+        self._end_iteration(metrics, rollout.num_tokens, lr, timing)
 
     # ------------------------------------------------------------------ LR schedule
 

@@ -85,7 +85,6 @@ from textenv.files import atomic_write_json
 from textenv.lm.models import load_frozen_causal_lm
 from textenv.lm.sampling import sequence_logprobs
 from textenv.preferences import PreferencePair, read_preferences
-from textenv.progress import progress
 
 __all__ = ["DPOConfig", "DPO", "EncodedPairs", "encode_pairs", "dpo_loss", "LOSS_TYPES"]
 
@@ -542,10 +541,7 @@ class DPO(Agent):
         on in all (counting earlier calls and the run a checkpoint came from) — or ``passes``
         over the data — or for at most ``iterations`` more iterations. The learning rate decays
         linearly to 0 at the budget; ``checkpoint``, ``save_every`` and SIGINT / SIGTERM work as
-        in :meth:`Agent.learn`.
-
-        (The loop is DPO's own because its rows carry ``env/*`` metrics only on evaluation
-        iterations, and its progress bar shows the DPO loss instead of the env return.)
+        in :meth:`Agent.learn` (whose loop this is; the progress bar shows the DPO loss).
         """
         if (total_tokens is None) == (passes is None):
             raise ValueError("pass exactly one of total_tokens or passes")
@@ -553,53 +549,17 @@ class DPO(Agent):
             if not passes > 0:
                 raise ValueError(f"passes must be > 0, got {passes}")
             total_tokens = max(1, math.ceil(passes * self.tokens_per_pass))
-        if total_tokens < 1:
-            raise ValueError(f"total_tokens must be ≥ 1, got {total_tokens}")
-        self._start_schedule(total_tokens)
-        self.interrupted = None
-        bar = progress(
-            total_tokens,
-            initial=min(self.tokens_seen, total_tokens),
-            disable=not self.config.progress or not self.dist.is_main,
-            unit="tok",
-            desc=self.algo,
-        )
-        done, saved_at = 0, self.iteration
-        try:
-            with self._stop_on_signals(checkpoint is not None):
-                while self.tokens_seen < total_tokens and (iterations is None or done < iterations):
-                    # The ranks stop together (torchrun signals each of them, not at once).
-                    if self.dist.any(self._stop_signal is not None):
-                        self._stop_signal = self._stop_signal or "SIGTERM"
-                        break
-                    before = self.tokens_seen
-                    self._iterate()
-                    bar.update(min(self.tokens_seen - before, max(total_tokens - bar.n, 0)))
-                    last = self.history[-1]
-                    bar.set_postfix(
-                        loss=f"{last['dpo/loss']:.3f}", acc=f"{last['dpo/accuracy']:.2f}"
-                    )
-                    done += 1
-                    every = self.config.save_every
-                    if checkpoint is not None and every and self.iteration % every == 0:
-                        self.save(checkpoint)
-                        saved_at = self.iteration
-                if checkpoint is not None and saved_at != self.iteration:
-                    self.save(checkpoint)
-                self.interrupted = self._stop_signal
-        finally:
-            self._stop_signal = None
-            bar.close()
-            if self._writer:
-                self._writer.flush()
+        super().learn(total_tokens, iterations=iterations, checkpoint=checkpoint)
         return self
+
+    def _progress_postfix(self, row: dict[str, Any]) -> dict[str, str]:
+        # DPO's rows carry env/* metrics only on evaluation iterations.
+        return {"loss": f"{row['dpo/loss']:.3f}", "acc": f"{row['dpo/accuracy']:.2f}"}
 
     def _iterate(self) -> None:
         """One iteration: an evaluation when due, ``batch_size`` pairs trained on, a row."""
         cfg = self.config
-        lr = self.current_lr()
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        lr = self._apply_lr()
         metrics: dict[str, float] = {}
         t0 = time.perf_counter()
         # Rank 0 alone evaluates (and logs): the others go on to the update and wait for it
@@ -612,19 +572,10 @@ class DPO(Agent):
         metrics.update(self._train_batch(idx))
         t2 = time.perf_counter()
         n_tokens = self.train_data.num_tokens(idx)
-        self.iteration += 1
-        self.tokens_seen += n_tokens
-        metrics.update(
-            {
-                "iteration": self.iteration,
-                "tokens": self.tokens_seen,
-                "lr": lr,
-                "dpo/passes": self.iteration * cfg.batch_size / len(self.train_data),
-                "time/eval_s": t1 - t0,
-                "time/update_s": t2 - t1,
-                "time/tokens_per_s": n_tokens / (t2 - t1),
-            }
-        )
-        if self.dist.enabled:
-            metrics["dist/world_size"] = self.dist.world_size
-        self._log(metrics)
+        tail = {
+            "dpo/passes": (self.iteration + 1) * cfg.batch_size / len(self.train_data),
+            "time/eval_s": t1 - t0,
+            "time/update_s": t2 - t1,
+            "time/tokens_per_s": n_tokens / (t2 - t1),
+        }
+        self._end_iteration(metrics, n_tokens, lr, tail)

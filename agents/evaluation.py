@@ -14,7 +14,7 @@ from agents.policy import LMPolicy
 from textenv.env.registration import make_lockstep_envs
 from textenv.lm.models import load_causal_lm
 
-__all__ = ["Stat", "Evaluation", "evaluate", "rollout_policy"]
+__all__ = ["Stat", "Evaluation", "evaluate", "rollout_policy", "summary_line"]
 
 
 @dataclass(frozen=True)
@@ -120,4 +120,14 @@ def evaluate(
         values=values,
         prompts=[str(p) for p in values.get("prompt", [])],
         texts=[str(t) for t in values.get("text", [])],
+    )
+
+
+def summary_line(metrics: dict[str, float]) -> str:
+    """One line of an :meth:`agents.base.Agent.evaluate` result (return, RM score, KL and the
+    gold score where the task has one), as the training commands print it."""
+    gold = f", gold {metrics['env/gold_score']:.3f}" if "env/gold_score" in metrics else ""
+    return (
+        f"return {metrics['env/return']:.3f}, rm {metrics['env/rm_score']:.3f}, "
+        f"kl {metrics['env/kl']:.3f}{gold}"
     )

@@ -185,37 +185,34 @@ class GRPO(Agent):
         stats: dict[str, list[float]] = {
             k: [] for k in ("loss", "kl", "clip_low", "clip_high", "approx_kl", "grad")
         }
-        for _epoch in range(cfg.epochs):
-            for rows in self._minibatches():
-                m = mask[rows]
-                share = self.dist.token_share(m)  # token means → this rank's share (1 alone)
-                logprobs = self._forward(self.policy.score, rollout, rows)
-                logratio = logprobs - old_logprobs[rows]
-                adv = advantages[rows, None]
-                loss, ratio, kl = grpo_loss(
-                    logprobs,
-                    old_logprobs[rows],
-                    ref[rows],
-                    advantages[rows],
-                    m,
-                    epsilon_low=cfg.epsilon_low,
-                    epsilon_high=cfg.epsilon_high,
-                    beta=beta,
-                    loss_type=cfg.loss_type,
-                    kl_ratio=cfg.kl_ratio,
-                )
-                if cfg.loss_type == "bnpo":  # a token mean; the other two average rows, and
-                    loss = loss * share  # every rank has minibatch_size / N of them
-                stats["grad"].append(self._step(loss))
-                with torch.no_grad():
-                    stats["loss"].append(float(loss))
-                    stats["kl"].append(float(masked_mean(kl, m) * share))
-                    approx_kl = masked_mean((ratio - 1) - logratio, m) * share
-                    stats["approx_kl"].append(float(approx_kl))
-                    low = (ratio < 1 - cfg.epsilon_low) & (adv < 0)
-                    high = (ratio > 1 + cfg.epsilon_high) & (adv > 0)
-                    stats["clip_low"].append(float(masked_mean(low.float(), m) * share))
-                    stats["clip_high"].append(float(masked_mean(high.float(), m) * share))
+        for rows, m, share in self._minibatch_passes(mask):
+            logprobs = self._forward(self.policy.score, rollout, rows)
+            logratio = logprobs - old_logprobs[rows]
+            adv = advantages[rows, None]
+            loss, ratio, kl = grpo_loss(
+                logprobs,
+                old_logprobs[rows],
+                ref[rows],
+                advantages[rows],
+                m,
+                epsilon_low=cfg.epsilon_low,
+                epsilon_high=cfg.epsilon_high,
+                beta=beta,
+                loss_type=cfg.loss_type,
+                kl_ratio=cfg.kl_ratio,
+            )
+            if cfg.loss_type == "bnpo":  # a token mean; the other two average rows, and
+                loss = loss * share  # every rank has minibatch_size / N of them
+            stats["grad"].append(self._step(loss))
+            with torch.no_grad():
+                stats["loss"].append(float(loss))
+                stats["kl"].append(float(masked_mean(kl, m) * share))
+                approx_kl = masked_mean((ratio - 1) - logratio, m) * share
+                stats["approx_kl"].append(float(approx_kl))
+                low = (ratio < 1 - cfg.epsilon_low) & (adv < 0)
+                high = (ratio > 1 + cfg.epsilon_high) & (adv > 0)
+                stats["clip_low"].append(float(masked_mean(low.float(), m) * share))
+                stats["clip_high"].append(float(masked_mean(high.float(), m) * share))
         mean = {k: sum(v) / max(len(v), 1) for k, v in stats.items()}
         return {
             "loss/policy": mean["loss"],

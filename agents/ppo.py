@@ -173,30 +173,27 @@ class PPO(Agent):
         stats: dict[str, list[float]] = {
             k: [] for k in ("pg_loss", "vf_loss", "approx_kl", "clipfrac", "vf_clipfrac", "grad")
         }
-        for _epoch in range(cfg.epochs):
-            for rows in self._minibatches():
-                m = mask[rows]
-                share = self.dist.token_share(m)  # token means → this rank's share (1 alone)
-                logprobs, values = self._forward(self._score, rollout, rows)
-                logratio = logprobs - old_logprobs[rows]
-                pg_loss, ratio = clipped_policy_loss(
-                    logprobs, old_logprobs[rows], advantages[rows], m, cfg.clip_eps
-                )
-                v_old = old_values[rows]
-                vf_loss = clipped_value_loss(values, v_old, returns[rows], m, cfg.clip_value)
+        for rows, m, share in self._minibatch_passes(mask):
+            logprobs, values = self._forward(self._score, rollout, rows)
+            logratio = logprobs - old_logprobs[rows]
+            pg_loss, ratio = clipped_policy_loss(
+                logprobs, old_logprobs[rows], advantages[rows], m, cfg.clip_eps
+            )
+            v_old = old_values[rows]
+            vf_loss = clipped_value_loss(values, v_old, returns[rows], m, cfg.clip_value)
 
-                pg_loss, vf_loss = pg_loss * share, vf_loss * share
-                loss = pg_loss + cfg.vf_coef * vf_loss
-                stats["grad"].append(self._step(loss))
-                with torch.no_grad():
-                    stats["pg_loss"].append(float(pg_loss))
-                    stats["vf_loss"].append(float(vf_loss))
-                    approx_kl = masked_mean((ratio - 1) - logratio, m) * share
-                    stats["approx_kl"].append(float(approx_kl))
-                    clipped = ((ratio - 1).abs() > cfg.clip_eps).float()
-                    stats["clipfrac"].append(float(masked_mean(clipped, m) * share))
-                    vclip = ((values - v_old).abs() > cfg.clip_value).float()
-                    stats["vf_clipfrac"].append(float(masked_mean(vclip, m) * share))
+            pg_loss, vf_loss = pg_loss * share, vf_loss * share
+            loss = pg_loss + cfg.vf_coef * vf_loss
+            stats["grad"].append(self._step(loss))
+            with torch.no_grad():
+                stats["pg_loss"].append(float(pg_loss))
+                stats["vf_loss"].append(float(vf_loss))
+                approx_kl = masked_mean((ratio - 1) - logratio, m) * share
+                stats["approx_kl"].append(float(approx_kl))
+                clipped = ((ratio - 1).abs() > cfg.clip_eps).float()
+                stats["clipfrac"].append(float(masked_mean(clipped, m) * share))
+                vclip = ((values - v_old).abs() > cfg.clip_value).float()
+                stats["vf_clipfrac"].append(float(masked_mean(vclip, m) * share))
         with torch.no_grad():
             mismatch = masked_mean((old_logprobs - rollout.logprobs).abs(), mask)
             explained = 1 - masked_mean((returns - old_values) ** 2, mask) / masked_mean(

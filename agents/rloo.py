@@ -78,24 +78,21 @@ class RLOO(Agent):
             advantages = advantages / (advantages.std() + 1e-8)
         old_logprobs = self._old_logprobs(rollout)
         losses, approx_kls, clipfracs, grads = [], [], [], []
-        for _epoch in range(cfg.epochs):
-            for rows in self._minibatches():
-                m = mask[rows]
-                share = self.dist.token_share(m)  # token means → this rank's share (1 alone)
-                logprobs = self._forward(self.policy.score, rollout, rows)
-                logratio = logprobs - old_logprobs[rows]
-                # The token-level policy gradient −A·log π, as PPO's clipped ratio (same gradient
-                # on-policy; safe when epochs > 1).
-                loss, ratio = clipped_policy_loss(
-                    logprobs, old_logprobs[rows], advantages[rows, None], m, cfg.clip_eps
-                )
-                loss = loss * share
-                grads.append(self._step(loss))
-                with torch.no_grad():
-                    losses.append(float(loss))
-                    approx_kls.append(float(masked_mean((ratio - 1) - logratio, m) * share))
-                    clip = ((ratio - 1).abs() > cfg.clip_eps).float()
-                    clipfracs.append(float(masked_mean(clip, m) * share))
+        for rows, m, share in self._minibatch_passes(mask):
+            logprobs = self._forward(self.policy.score, rollout, rows)
+            logratio = logprobs - old_logprobs[rows]
+            # The token-level policy gradient −A·log π, as PPO's clipped ratio (same gradient
+            # on-policy; safe when epochs > 1).
+            loss, ratio = clipped_policy_loss(
+                logprobs, old_logprobs[rows], advantages[rows, None], m, cfg.clip_eps
+            )
+            loss = loss * share
+            grads.append(self._step(loss))
+            with torch.no_grad():
+                losses.append(float(loss))
+                approx_kls.append(float(masked_mean((ratio - 1) - logratio, m) * share))
+                clip = ((ratio - 1).abs() > cfg.clip_eps).float()
+                clipfracs.append(float(masked_mean(clip, m) * share))
         n = max(len(losses), 1)
         return {
             "loss/policy": sum(losses) / n,

@@ -20,6 +20,7 @@ import torch
 from agents import ALGORITHMS
 from agents.base import CHECKPOINT_MARKERS, is_checkpoint
 from agents.distributed import launch, to_argv
+from agents.evaluation import summary_line
 from textenv.cli.config_flags import add_config_arguments, config_values
 from textenv.files import check_dir_target
 
@@ -97,11 +98,7 @@ def _train(args: argparse.Namespace) -> int:
     split = agent.config.env_kwargs.get("split", "train")
     measured_on = f"{agent.config.num_envs} episodes on {split} prompts, fixed evaluation seed"
     for name, m in (("before", before), ("after", after)):
-        gold = f", gold {m['env/gold_score']:.3f}" if "env/gold_score" in m else ""
-        print(
-            f"{name} ({measured_on}): return {m['env/return']:.3f}, "
-            f"rm {m['env/rm_score']:.3f}, kl {m['env/kl']:.3f}{gold}"
-        )
+        print(f"{name} ({measured_on}): {summary_line(m)}")
     print(
         f"saved {args.algo} agent ({agent.tokens_seen} tokens, {agent.iteration} iterations) "
         f"to {out}"
