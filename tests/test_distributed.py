@@ -4,6 +4,7 @@ failing rank that stops the job with its error instead of hanging."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -85,7 +87,10 @@ def _train_once(name: str, rollout_file: Path) -> dict:
     return out
 
 
-def _rank_main(rank: int, world: int, port: int, folder: str) -> None:
+@contextlib.contextmanager
+def _as_rank(rank: int, world: int, port: int) -> Iterator[None]:
+    """Join a CPU process group as `rank` of `world` (what torchrun's environment would say), and
+    leave it on the way out, whatever happens inside."""
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
         LOCAL_RANK=str(rank),
@@ -93,11 +98,16 @@ def _rank_main(rank: int, world: int, port: int, folder: str) -> None:
     torch.set_num_threads(1)
     init_distributed("cpu", timeout_s=120)
     try:
+        yield
+    finally:
+        shutdown()
+
+
+def _rank_main(rank: int, world: int, port: int, folder: str) -> None:
+    with _as_rank(rank, world, port):
         for name in CASES:
             result = _train_once(name, Path(folder) / "rollout.pt")
             torch.save(result, Path(folder) / f"{name}-rank{rank}.pt")
-    finally:
-        shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -301,17 +311,9 @@ def _dpo_train_once(data: Path, **kw) -> dict:
 
 
 def _dpo_rank_main(rank: int, world: int, port: int, folder: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-    )  # fmt: skip
-    torch.set_num_threads(1)
-    init_distributed("cpu", timeout_s=120)
-    try:
+    with _as_rank(rank, world, port):
         result = _dpo_train_once(Path(folder) / "pairs.jsonl")
         torch.save(result, Path(folder) / f"dpo-rank{rank}.pt")
-    finally:
-        shutdown()
 
 
 def test_dpo_two_ranks_take_the_same_step_as_one_process(tmp_path):

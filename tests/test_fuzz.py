@@ -87,6 +87,17 @@ def _run_to_end(env, logprob=-3.0, token=65):
     raise AssertionError("the episode did not end at max_new_tokens")
 
 
+def _refused(set_logprobs, value) -> bool:
+    """Hand `value` to an env's log-prob setter: True when it is refused, which must be with a
+    TypeError/ValueError naming log π; False when it is taken."""
+    try:
+        set_logprobs(value)
+    except (TypeError, ValueError) as exc:
+        assert "log π" in str(exc)
+        return True
+    return False
+
+
 # --------------------------------------------------------------------------- actions
 
 
@@ -139,10 +150,7 @@ def test_any_logprob_is_refused_or_gives_a_finite_bounded_reward(
 ):
     env = single_env(estimator, kl_reward)
     env.reset(seed=0)
-    try:
-        env.set_action_logprob(logprob)
-    except (TypeError, ValueError) as exc:
-        assert "log π" in str(exc)
+    if _refused(env.set_action_logprob, logprob):
         return
     total, info = _run_to_end(env, env._pending_logprob, token)
     # Bounds of the checked inputs: |log π| ≤ 1000, k3's log ratio clamped to ±10.
@@ -166,10 +174,7 @@ def test_any_logprob_is_refused_or_gives_a_finite_bounded_reward(
 def test_any_vector_logprobs_are_refused_or_used(values):
     envs = vector_env()
     envs.reset(seed=0)
-    try:
-        envs.set_action_logprobs(values)
-    except (TypeError, ValueError) as exc:
-        assert "log π" in str(exc)
+    if _refused(envs.set_action_logprobs, values):
         return
     pending = envs._pending
     assert pending.shape == (B,) and np.all(np.isnan(pending) | (pending <= 0))

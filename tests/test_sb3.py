@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.vector import AutoresetMode
+from sb3_curves import EpisodeInfoCurve
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.monitor import Monitor
@@ -116,23 +117,6 @@ def test_ppo_trains_on_every_builtin_id(env_id, task, policy):
 # ----------------------------------------------------------------------------- learning
 
 
-class RewardCurve(BaseCallback):
-    def __init__(self) -> None:
-        super().__init__()
-        self.means: list[float] = []
-        self._cur: list[float] = []
-
-    def _on_step(self) -> bool:
-        for info, done in zip(self.locals["infos"], self.locals["dones"]):
-            if done:
-                self._cur.append(info["rm_score"])
-        return True
-
-    def _on_rollout_end(self) -> None:
-        self.means.append(float(np.mean(self._cur)))
-        self._cur = []
-
-
 @pytest.mark.parametrize("policy", ["lm", "mip"])
 def test_reward_rises_on_tiny_task(policy):
     """RM = the vowel fraction of the completion: PPO must learn to emit vowels."""
@@ -148,7 +132,7 @@ def test_reward_rises_on_tiny_task(policy):
         model = _ppo(LMActorCriticPolicy, env, policy_kwargs=lm_policy_kwargs(env), **common)
     else:
         model = _ppo("MultiInputPolicy", env, policy_kwargs=MIP_KWARGS, ent_coef=0.0, **common)
-    curve = RewardCurve()
+    curve = EpisodeInfoCurve("rm_score")
     model.learn(6144, callback=curve)
     first, last = np.mean(curve.means[:3]), np.mean(curve.means[-3:])
     assert last > first + 0.15, curve.means

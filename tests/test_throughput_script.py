@@ -7,15 +7,23 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
 
 
-def test_throughput_script_writes_every_variant(tmp_path):
+@pytest.fixture
+def throughput():
+    """benchmarks/throughput.py, loaded as a module (benchmarks/ is not a package)."""
     spec = importlib.util.spec_from_file_location("throughput", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_throughput_script_writes_every_variant(tmp_path, throughput):
     out = tmp_path / "throughput.json"
-    module.main(
+    throughput.main(
         ["--batch", "2", "--repeats", "1", "--wait-quiet", "0", "--clock", "cpu", "--out", str(out)]
     )
     result = json.loads(out.read_text())
@@ -30,12 +38,9 @@ def test_throughput_script_writes_every_variant(tmp_path):
     assert out.with_suffix(".md").read_text().startswith("| B |")
 
 
-def test_scaling_mode_writes_curves(tmp_path):
-    spec = importlib.util.spec_from_file_location("throughput", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_scaling_mode_writes_curves(tmp_path, throughput):
     out = tmp_path / "scaling.json"
-    module.main(
+    throughput.main(
         ["--scaling", "--batch", "2", "--lengths", "4", "8", "--repeats", "1", "--wait-quiet", "0",
          "--out", str(out)]
     )  # fmt: skip
