@@ -10,11 +10,22 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["machine_busy_seconds", "CPUClock", "machine_info", "wait_for_quiet", "ResultsFile"]
+__all__ = [
+    "machine_busy_seconds",
+    "CPUClock",
+    "machine_info",
+    "record_session",
+    "learn_to_checkpoints",
+    "save_figure",
+    "wait_for_quiet",
+    "ResultsFile",
+]
 
 
 def machine_busy_seconds() -> float:
@@ -79,6 +90,51 @@ def machine_info(**extra: Any) -> dict[str, Any]:
         "platform": platform.platform(),
         **extra,
     }
+
+
+def learn_to_checkpoints(
+    agent: Any, budget: int, checkpoints: Iterable[int], clock: CPUClock
+) -> Iterator[int]:
+    """Train ``agent`` one ``learn`` iteration at a time until it has seen each checkpoint's
+    token count, and yield that count there. ``clock`` times the training only: what the caller
+    does at a checkpoint (evaluating) is not counted."""
+    for target in checkpoints:
+        clock.start()
+        while agent.tokens_seen < target:
+            agent.learn(budget, iterations=1)
+        clock.stop()
+        yield target
+
+
+def save_figure(fig: Any, axes: Iterable[Any], path: Path, title: str | None = None) -> None:
+    """The benchmarks' house style for a finished figure: a light grid on every axis, a legend
+    where anything is labelled, the title over all; saved at 110 dpi and closed (long runs redraw
+    their figures after each point)."""
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    if title is not None:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def record_session(data: dict[str, Any]) -> None:
+    """Record the machine in ``data["machine"]`` and append this session's command line, start
+    time and OMP_NUM_THREADS to ``data["commands"]``: one entry per session, so a resumed run
+    shows every command that contributed to its results."""
+    data["machine"] = machine_info()
+    data.setdefault("commands", []).append(
+        {
+            "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        }
+    )
 
 
 def wait_for_quiet(max_wait: float, threshold: float = 0.25, window: float = 2.0) -> float:

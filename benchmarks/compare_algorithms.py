@@ -69,7 +69,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CPUClock, ResultsFile, machine_info  # noqa: E402
+from common import (  # noqa: E402
+    CPUClock,
+    ResultsFile,
+    learn_to_checkpoints,
+    record_session,
+    save_figure,
+)
 from compare_dpo import DPO_BETAS, IPO_BETAS  # noqa: E402
 from compare_dpo import add_arguments as add_dpo_arguments  # noqa: E402
 from compare_dpo import quick as dpo_quick  # noqa: E402
@@ -151,11 +157,7 @@ def run_agent(
     agent = agent_cls(config)
     clock = CPUClock()
     curve = []
-    for target in _targets(budget, args):
-        clock.start()
-        while agent.tokens_seen < target:
-            agent.learn(budget, iterations=1)
-        clock.stop()
+    for _ in learn_to_checkpoints(agent, budget, _targets(budget, args), clock):
         curve.append(
             {
                 "tokens": agent.tokens_seen,
@@ -511,14 +513,7 @@ def plot(data: dict, task: str, path: Path) -> None:
     axes[0].set_title("best gold at KL ≤ x (lines: mean ± std over seeds; dots: all points)")
     axes[1].set_xlabel(f"training CPU s at 1 thread (β = {DEFAULT_BETA})")
     axes[1].set_ylabel("gold score (held-out, mean ± std over seeds)")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    fig.suptitle(f"{TASKS[task]['env_id']}: reward = gold scorer, β swept")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, axes, path, f"{TASKS[task]['env_id']}: reward = gold scorer, β swept")
 
 
 def report(res: Results, stem: Path) -> None:
@@ -570,14 +565,7 @@ def main() -> None:
     res = Results(args.out)
     stem = args.out.with_suffix("")
     if not args.report:
-        res.data["machine"] = machine_info()
-        res.data.setdefault("commands", []).append(  # one entry per session (resumes)
-            {
-                "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-                "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-            }
-        )
+        record_session(res.data)
         res.data["settings"] = {
             "tokens": budgets,
             "checkpoints": args.checkpoints,

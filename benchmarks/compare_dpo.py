@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import CPUClock
+from common import CPUClock, learn_to_checkpoints
 
 DPO_LOSSES = {"dpo": "sigmoid", "ipo": "ipo"}
 DPO_BETAS = (0.05, 0.1, 0.3, 1.0)  # 0.05: the env default, as the RL agents' default row
@@ -136,11 +136,7 @@ def run_preference(
     budget = int(np.ceil(args.dpo_passes * agent.tokens_per_pass))
     clock = CPUClock()
     curve = []
-    for target in targets(budget, args):
-        clock.start()
-        while agent.tokens_seen < target:
-            agent.learn(budget, iterations=1)
-        clock.stop()
+    for _ in learn_to_checkpoints(agent, budget, targets(budget, args), clock):
         curve.append(
             {
                 "tokens": agent.tokens_seen,  # completion tokens trained on

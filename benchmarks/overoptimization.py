@@ -54,7 +54,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CPUClock, ResultsFile, machine_info  # noqa: E402
+from common import CPUClock, ResultsFile, record_session, save_figure  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TASKS = {  # env id, task module, simulated labeller's Bradley–Terry temperature
@@ -479,14 +479,9 @@ def plot(res: Results, path: Path) -> None:
     axes[1, 0].set_ylabel("proxy RM score (normalised)")
     for ax in axes[1]:
         ax.set_xlabel("d = √KL(π ‖ π_init)  [√nats]")
-    for ax in axes.ravel():
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    fig.suptitle(f"{ENV_ID}: reward over-optimisation (Gao et al. 2022 fits)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(
+        fig, axes.ravel(), path, f"{ENV_ID}: reward over-optimisation (Gao et al. 2022 fits)"
+    )
 
 
 def report(res: Results, stem: Path) -> None:
@@ -549,14 +544,7 @@ def main() -> None:
     res = Results(args.out)
     stem = args.out.with_suffix("")
     if not args.report:
-        res.data["machine"] = machine_info()
-        res.data.setdefault("commands", []).append(  # one entry per session (resumes)
-            {
-                "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-                "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-            }
-        )
+        record_session(res.data)
         res.data["settings"] = {
             k: (str(v) if isinstance(v, Path) else v)
             for k, v in vars(args).items()

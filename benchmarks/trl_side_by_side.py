@@ -275,6 +275,55 @@ def worker_ours(algo: str, steps: int, out: Path, overrides: dict[str, Any]) -> 
     finish_worker(out, curve, phases, wall, cpu, {"settings": settings, "framework": "agents"})
 
 
+# --------------------------------------------------------------------------- TRL, shared
+
+
+def trl_args(algo: str, out: Path, n: int, overrides: dict[str, Any], **own: Any) -> dict[str, Any]:
+    """The TRL config arguments both TRL workers share (CPU, fp32, constant learning rate, a log
+    line every step, nothing saved; batch size, temperature, learning rate and seed from
+    SETTINGS), then the algorithm's `own` ones, then --overrides."""
+    s = SETTINGS
+    args = dict(
+        output_dir=str(out.parent / f"trl_{algo}_tmp"),
+        per_device_train_batch_size=n,
+        gradient_accumulation_steps=1,
+        temperature=s["temperature"],
+        learning_rate=s["lr"],
+        lr_scheduler_type="constant",
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        use_cpu=True,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=s["seed"],
+        disable_tqdm=True,
+        **own,
+    )
+    args.update(overrides)
+    return args
+
+
+def finish_trl_worker(
+    out: Path,
+    curve: list[dict],
+    phases: Phases,
+    wall: float,
+    cpu: float,
+    args: dict[str, Any],
+    **settings: Any,
+) -> None:
+    """finish_worker for a TRL worker: its settings are the config arguments (less the scratch
+    folder) plus the `settings` TRL chose itself, and the framework is this TRL version."""
+    import trl
+
+    recorded = {k: v for k, v in args.items() if k != "output_dir"}
+    recorded.update(settings)
+    extra = {"settings": recorded, "framework": f"trl {trl.__version__}"}
+    finish_worker(out, curve, phases, wall, cpu, extra)
+
+
 # --------------------------------------------------------------------------- TRL GRPO
 
 
@@ -282,7 +331,6 @@ def worker_trl_grpo(steps: int, out: Path, overrides: dict[str, Any]) -> None:
     import torch
 
     torch.set_num_threads(1)
-    import trl
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -299,30 +347,18 @@ def worker_trl_grpo(steps: int, out: Path, overrides: dict[str, Any]) -> None:
         with phases("reward"):
             return vader(completions)
 
-    args = dict(
-        output_dir=str(out.parent / "trl_grpo_tmp"),
-        per_device_train_batch_size=n,
-        gradient_accumulation_steps=1,
+    args = trl_args(
+        "grpo",
+        out,
+        n,
+        overrides,
         num_generations=s["grpo_group"],
         max_completion_length=s["max_new_tokens"],
-        temperature=s["temperature"],
         beta=s["beta"],
-        learning_rate=s["lr"],
-        lr_scheduler_type="constant",
         max_steps=steps,
         num_iterations=1,
-        bf16=False,
-        fp16=False,
-        gradient_checkpointing=False,
-        use_cpu=True,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        seed=s["seed"],
-        disable_tqdm=True,
         dataloader_num_workers=0,
     )
-    args.update(overrides)
     config = GRPOConfig(**args)
     trainer = GRPOTrainer(
         model=model,
@@ -377,13 +413,19 @@ def worker_trl_grpo(steps: int, out: Path, overrides: dict[str, Any]) -> None:
     # "other_rollout" is what _generate_and_score_completions spent outside generate / ref /
     # reward (tokenising, padding, advantages): count it under sampling, as ours does.
     phases.total["sampling"] += phases.total.pop("other_rollout", 0.0)
-    settings = {k: v for k, v in args.items() if k != "output_dir"}
-    settings.update(loss_type=config.loss_type, scale_rewards=config.scale_rewards)
-    settings["use_bias_correction_kl"] = getattr(config, "use_bias_correction_kl", None)
-    settings["adam_epsilon"], settings["weight_decay"] = config.adam_epsilon, config.weight_decay
-    settings["max_grad_norm"] = config.max_grad_norm
-    finish_worker(
-        out, curve, phases, wall, cpu, {"settings": settings, "framework": f"trl {trl.__version__}"}
+    finish_trl_worker(
+        out,
+        curve,
+        phases,
+        wall,
+        cpu,
+        args,
+        loss_type=config.loss_type,
+        scale_rewards=config.scale_rewards,
+        use_bias_correction_kl=getattr(config, "use_bias_correction_kl", None),
+        adam_epsilon=config.adam_epsilon,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
     )
 
 
@@ -394,7 +436,6 @@ def worker_trl_ppo(steps: int, out: Path, overrides: dict[str, Any]) -> None:
     import torch
 
     torch.set_num_threads(1)
-    import trl
 
     try:  # TRL ≥ 1.x keeps PPO under trl.experimental
         import trl.experimental.ppo.ppo_trainer as ppo_module
@@ -442,31 +483,19 @@ def worker_trl_ppo(steps: int, out: Path, overrides: dict[str, Any]) -> None:
     prompts = load_prompts()
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     dataset = Dataset.from_list([{"input_ids": x} for x in ids])
-    args = dict(
-        output_dir=str(out.parent / "trl_ppo_tmp"),
-        per_device_train_batch_size=n,
-        gradient_accumulation_steps=1,
+    args = trl_args(
+        "ppo",
+        out,
+        n,
+        overrides,
         num_mini_batches=1,
         num_ppo_epochs=s["ppo_epochs"],
         total_episodes=steps * n,
         response_length=s["max_new_tokens"],
-        temperature=s["temperature"],
         kl_coef=s["beta"],
-        learning_rate=s["lr"],
-        lr_scheduler_type="constant",
-        bf16=False,
-        fp16=False,
-        gradient_checkpointing=False,
-        use_cpu=True,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        seed=s["seed"],
         num_sample_generations=0,
-        disable_tqdm=True,
         stop_token="eos",
     )
-    args.update(overrides)
     config = PPOConfig(**args)
     trainer = PPOTrainer(
         args=config,
@@ -526,10 +555,15 @@ def worker_trl_ppo(steps: int, out: Path, overrides: dict[str, Any]) -> None:
     clock["wall0"], clock["cpu0"] = time.perf_counter(), time.process_time()
     trainer.train()
     wall, cpu = time.perf_counter() - clock["wall0"], time.process_time() - clock["cpu0"]
-    settings = {k: v for k, v in args.items() if k != "output_dir"}
-    settings.update(kl_estimator=getattr(config, "kl_estimator", "k1"), value_model="separate")
-    finish_worker(
-        out, curve, phases, wall, cpu, {"settings": settings, "framework": f"trl {trl.__version__}"}
+    finish_trl_worker(
+        out,
+        curve,
+        phases,
+        wall,
+        cpu,
+        args,
+        kl_estimator=getattr(config, "kl_estimator", "k1"),
+        value_model="separate",
     )
 
 
@@ -670,8 +704,10 @@ def markdown(data: dict) -> str:
 
 
 def plot(data: dict, path: Path) -> None:
+    sys.path.insert(0, str(HERE))
     import matplotlib
     import numpy as np
+    from common import save_figure
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -698,12 +734,7 @@ def plot(data: dict, path: Path) -> None:
     axes[2].set_xlabel("per-token k3 KL (10-step mean)")
     for ax in axes:
         ax.set_ylabel("VADER reward (10-step mean)")
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, axes, path)
 
 
 def report(path: Path, data: dict) -> None:
