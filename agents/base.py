@@ -40,6 +40,7 @@ from textenv.files import (
 )
 from textenv.lm.models import is_callable_spec
 from textenv.progress import progress
+from textenv.validation import is_finite, is_int
 
 __all__ = ["AgentConfig", "Agent", "env_return", "is_checkpoint", "UntrustedSpecError"]
 
@@ -50,14 +51,6 @@ LEGACY_STATE_NAME = "agent.pt"  # format 1 (pickled); read with weights_only=Tru
 CHECKPOINT_MARKERS = (STATE_NAME, LEGACY_STATE_NAME)
 # Spec prefixes a checkpoint may name without trust_specs: the package's own tasks.
 TRUSTED_SPEC_PREFIXES = ("textenv.tasks.",)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
 
 
 @dataclass
@@ -116,25 +109,25 @@ class AgentConfig:
         """Raise ValueError naming the first bad field (bools are not integers or numbers)."""
         for name in ("num_envs", "minibatch_size", "epochs"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not _is_int(self.seed):
+        if not is_int(self.seed):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        if not _is_int(self.save_every) or self.save_every < 0:
+        if not is_int(self.save_every) or self.save_every < 0:
             raise ValueError(f"save_every must be an integer ≥ 0, got {self.save_every!r}")
         if self.num_envs % self.minibatch_size:
             raise ValueError(
                 f"minibatch_size={self.minibatch_size} does not divide the batch "
                 f"(num_envs={self.num_envs})"
             )
-        if not (_is_number(self.lr) and self.lr >= 0):
+        if not (is_finite(self.lr) and self.lr >= 0):
             raise ValueError(f"lr must be a finite number ≥ 0, got {self.lr!r}")
-        if not (_is_number(self.max_grad_norm) and self.max_grad_norm > 0):
+        if not (is_finite(self.max_grad_norm) and self.max_grad_norm > 0):
             raise ValueError(
                 f"max_grad_norm must be a finite number > 0, got {self.max_grad_norm!r}"
             )
         if self.temperature is not None and not (
-            _is_number(self.temperature) and self.temperature > 0
+            is_finite(self.temperature) and self.temperature > 0
         ):
             raise ValueError(f"temperature must be a finite number > 0, got {self.temperature!r}")
         for name in ("anneal_lr", "progress"):
