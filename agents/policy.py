@@ -217,9 +217,7 @@ class LMPolicy(torch.nn.Module):
             done[:] |= terminated | truncated
             return torch.as_tensor(~done, device=dev)
 
-        sample_loop(
-            self.model, prompt_ids, prompt_mask, N, sampling, on_token, generator=generator
-        )
+        sample_loop(self.model, prompt_ids, prompt_mask, N, sampling, on_token, generator=generator)
         if not done.all():  # cannot happen: the env truncates at max_new_tokens
             raise RuntimeError("some episodes did not finish within max_new_tokens steps")
         return Rollout(
