@@ -164,7 +164,7 @@ class TextGenVectorEnv(EpisodeBatchAccess, VectorEnv):
         reset_rows = np.flatnonzero(self._needs_reset)
         autoreset = self.autoreset_mode == AutoresetMode.NEXT_STEP and len(reset_rows) > 0
         if autoreset:
-            stepped = np.flatnonzero(~np.isin(np.arange(B), reset_rows))
+            stepped = np.flatnonzero(~self._needs_reset)  # every row but those being reset
         else:
             stepped = np.flatnonzero(core.active)
         missing = np.isnan(logprobs[stepped])
