@@ -71,6 +71,7 @@ SETS: dict[str, dict[str, list[str]]] = {
     "rewards": {
         "modules": ["textenv/rewards/base.py"],
         "tests": [
+            "tests/test_rewards_base.py",
             "tests/test_reward_capabilities.py",
             "tests/test_robustness.py",
             "tests/test_env.py",
@@ -89,6 +90,27 @@ SETS: dict[str, dict[str, list[str]]] = {
             "agents.grpo.x_grpo_loss*",
             "agents.grpo.x_group_advantages*",
             "agents.rloo.x_leave_one_out_advantages*",
+        ],
+    },
+    "dpo": {
+        "modules": ["agents/dpo.py"],
+        # The losses by hand and the agent's loss against a manual forward (fast); the learning
+        # tests and the controls are too slow to run per mutant.
+        "tests": [
+            "tests/test_dpo.py::test_sigmoid_loss_by_hand",
+            "tests/test_dpo.py::test_label_smoothing_by_hand",
+            "tests/test_dpo.py::test_ipo_loss_by_hand",
+            "tests/test_dpo.py::test_agent_loss_matches_hand_computation",
+        ],
+        # The DPO / IPO / cDPO loss, its accuracy, and what it is computed from: the pairs
+        # encoded as episodes and the per-completion log-probs (summed, or averaged for IPO).
+        # The data stream, training loop and evaluation are covered by the learning tests.
+        "functions": [
+            "agents.dpo.x_dpo_loss*",
+            "agents.dpo.x__accuracy*",
+            "agents.dpo.x_encode_pairs*",
+            "agents.dpo.xǁDPOǁ_logps*",
+            "agents.dpo.xǁDPOǁ_loss*",
         ],
     },
     "reward_model": {

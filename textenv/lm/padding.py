@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 __all__ = [
     "adds_bos",
@@ -22,6 +23,7 @@ __all__ = [
     "encode_texts",
     "left_pad_encode",
     "forward_left_padded",
+    "classifier_logits_left_padded",
 ]
 
 
@@ -134,3 +136,32 @@ def forward_left_padded(
         position_ids=position_ids_from_mask(attention_mask),
         **kwargs,
     )
+
+
+def classifier_logits_left_padded(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """A sequence classifier's logits ``(B, labels)`` over left-padded rows, each row read at its
+    last token (its last real one: the padding is on the left).
+
+    Given ids, Hugging Face's decoder classifiers read a row at its last token that is not the pad
+    id. With the pad id equal to EOS (GPT-2 style), a row whose real tokens end in EOS (an empty
+    text is scored as EOS alone) would be read on its left padding, so its score would depend on
+    the longer rows batched with it. Given the same ids as embeddings they read every row at the
+    last position, which is what left padding makes right.
+    """
+    embed = model.get_input_embeddings()
+    if embed is None:  # no embedding table to look ids up in: the model's own pooling
+        return forward_left_padded(model, input_ids, attention_mask).logits
+    attention_mask = attention_mask.long()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "will not detect padding tokens" note: intended here
+    try:
+        out = model(
+            inputs_embeds=embed(input_ids),
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return out.logits

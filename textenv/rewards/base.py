@@ -30,7 +30,7 @@ from textenv.lm.models import (
     resolve_dtype,
     same_tokenizer,
 )
-from textenv.lm.padding import encode_texts, forward_left_padded, left_pad
+from textenv.lm.padding import classifier_logits_left_padded, encode_texts, left_pad
 from textenv.rewards.capabilities import TokenRows
 from textenv.rewards.fused import FusedRewardHead, is_fused_reward_folder
 
@@ -125,7 +125,7 @@ class SequenceClassifierReward:
                 rows[start : start + self.batch_size], self.tokenizer.pad_token_id, device=device
             )
             self.calls += 1
-            logits = forward_left_padded(self.model, ids, mask).logits
+            logits = classifier_logits_left_padded(self.model, ids, mask)
             scores.append(logits[:, 0].float().cpu().numpy())
         return (np.concatenate(scores) - self.mean) / self.std
 

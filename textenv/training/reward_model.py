@@ -45,7 +45,7 @@ from textenv.lm.models import (
     load_tokenizer,
     parse_tiny_spec,
 )
-from textenv.lm.padding import encode_texts, forward_left_padded, left_pad
+from textenv.lm.padding import classifier_logits_left_padded, encode_texts, left_pad
 from textenv.rewards import load_reward, score
 from textenv.training.bradley_terry import (
     DEFAULT_BACKBONE,
@@ -158,7 +158,7 @@ class _Encoder:
 
 def _forward(model: Any, encoder: _Encoder, texts: Sequence[str], device: Any) -> Any:
     input_ids, mask = encoder.batch(texts, device)
-    return forward_left_padded(model, input_ids, mask).logits[:, 0].float()
+    return classifier_logits_left_padded(model, input_ids, mask)[:, 0].float()
 
 
 def _score_all(
