@@ -31,9 +31,10 @@ import pytest
 import torch
 
 from agents import ALGORITHMS, DPO, DPOConfig
-from agents.dpo import dpo_loss
+from agents.dpo import _accuracy, dpo_loss, encode_pairs
 from textenv.env.config import DEFAULT_PROMPTS
-from textenv.preferences import SimulatedLabeller, sample_completions, write_jsonl
+from textenv.lm.models import load_tokenizer
+from textenv.preferences import PreferencePair, SimulatedLabeller, sample_completions, write_jsonl
 from textenv.tasks.tiny import gold_score
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -137,6 +138,50 @@ def test_ipo_loss_by_hand():
     got = _run(beta, "ipo", eps)
     want = [(1 - eps) * (_h(i) - 2) ** 2 + eps * (-_h(i) - 2) ** 2 for i in range(3)]
     assert got == pytest.approx(want, abs=1e-12)
+
+
+def test_loss_gradient_flows_the_implicit_rewards_are_detached():
+    pc, pr = (torch.tensor(x, requires_grad=True) for x in (PC, PR))
+    losses, chosen, rejected = dpo_loss(pc, pr, torch.tensor(RC), torch.tensor(RR), beta=0.5)
+    assert losses.requires_grad and not chosen.requires_grad and not rejected.requires_grad
+    losses.sum().backward()
+    # d/dπ_c −log σ(β·h) = −β·σ(−β·h); the rejected log-prob gets the opposite.
+    want = [-0.5 * _sig(-0.5 * _h(i)) for i in range(3)]
+    assert pc.grad.tolist() == pytest.approx(want, abs=1e-6)
+    assert pr.grad.tolist() == pytest.approx([-w for w in want], abs=1e-6)
+    with pytest.raises(ValueError, match="loss_type must be one of"):
+        dpo_loss(pc, pr, torch.tensor(RC), torch.tensor(RR), beta=0.5, loss_type="hinge")
+
+
+def test_accuracy_counts_ties_as_half():
+    got = _accuracy(torch.tensor([2.0, -1.0, 0.0, 1e-9, -1e-9, 0.0]))
+    assert got.dtype == torch.float32
+    assert got.tolist() == [1.0, 0.0, 0.5, 1.0, 0.0, 0.5]
+
+
+def test_pairs_encoded_as_episodes_by_hand():
+    """Prompts left-padded like the env's (an empty one as EOS alone); completions right-padded,
+    EOS appended to one shorter than max_new_tokens, one at or over it cut without EOS."""
+    tok = load_tokenizer("tiny")  # bytes: one token per character; EOS = pad = 256
+    eos = pad = 256
+    P, N = 4, 3
+    pairs = [
+        PreferencePair("abcdef", "xy", "xyz"),  # prompt cut to its last 4; 2 and 3 tokens
+        PreferencePair("", "", "wxyz"),  # empty prompt and chosen; rejected over N
+    ]
+    data = encode_pairs(pairs, tok, P, N)
+    assert len(data) == 2 and data.truncated == 1
+    assert data.prompt_ids.tolist() == [[99, 100, 101, 102], [pad, pad, pad, eos]]
+    assert data.prompt_mask.tolist() == [[1, 1, 1, 1], [0, 0, 0, 1]]
+    assert data.chosen.tolist() == [[120, 121, eos], [eos, pad, pad]]
+    assert data.chosen_mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert data.rejected.tolist() == [[120, 121, 122], [119, 120, 121]]
+    assert data.rejected_mask.tolist() == [[1, 1, 1], [1, 1, 1]]
+    for t in (data.prompt_ids, data.prompt_mask, data.chosen, data.chosen_mask):
+        assert t.dtype == torch.long
+    assert data.num_tokens() == 10 and data.num_tokens(slice(1, 2)) == 4
+    empty = encode_pairs([], tok, P, N)
+    assert len(empty) == 0 and empty.prompt_ids.shape == (0, P) and empty.chosen.shape == (0, N)
 
 
 def _manual_logprob(model, prompt_ids: list[int], completion_ids: list[int]) -> float:
