@@ -66,12 +66,44 @@ def _peak_gib(device: str) -> float | None:
     return None
 
 
+REPEATS = 1  # timed runs per measurement (median), set by --repeats
+
+
 def _timed(fn: Any, device: str) -> tuple[Any, float]:
-    _sync(device)
-    t0 = time.perf_counter()
-    out = fn()
-    _sync(device)
-    return out, time.perf_counter() - t0
+    """``fn()``'s result and its median wall time over ``REPEATS`` runs (synchronised)."""
+    times = []
+    for _ in range(REPEATS):
+        _sync(device)
+        t0 = time.perf_counter()
+        out = fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return out, float(sorted(times)[len(times) // 2])
+
+
+def profile_env(args: argparse.Namespace, batch: int, dtype: str, rows: int = 15) -> str:
+    """torch.profiler's top operators (by self device time, else self CPU time) of one env
+    rollout after a warm-up: where a dtype's time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    envs = make_envs("textenv/TextGen-v0", batch, env_kwargs(args, dtype))
+    policy = LMPolicy(envs, None, device=args.device)
+    gen = torch.Generator(device=args.device)
+    cuda = torch.device(args.device).type == "cuda"
+
+    def run() -> Any:
+        gen.manual_seed(0)
+        with autocast(args.device, dtype):
+            return policy.rollout(gen, seed=0)
+
+    run()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        run()
+        _sync(args.device)
+    envs.close()
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows)
 
 
 def env_kwargs(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
@@ -198,7 +230,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", choices=sorted(SPECS), default="gpt2-small")
     p.add_argument("--results", default=None, help="default results/gpu.json (--tiny: none)")
     p.add_argument("--tiny", action="store_true", help="CPU smoke run: tiny models, B=4, 8 tokens")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median)")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="print the top operators of one env rollout per dtype instead",
+    )
     args = p.parse_args(argv)
+    global REPEATS
+    REPEATS = max(1, args.repeats)
     if args.tiny:
         args.device, args.models, args.batch, args.new_tokens = "cpu", "tiny", [4], 8
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
@@ -206,6 +246,11 @@ def main(argv: list[str] | None = None) -> int:
             "no CUDA device here; run on a GPU machine, or pass --tiny for a CPU smoke run"
         )
     torch.manual_seed(0)
+    if args.profile:
+        for batch in args.batch:
+            for dtype in args.dtypes:
+                print(f"== env rollout, B={batch}, {dtype}\n{profile_env(args, batch, dtype)}")
+        return 0
     if args.results is None and args.tiny:
         args.results = tempfile.mkdtemp() + "/gpu_tiny.json"  # a smoke run leaves no results
     results = ResultsFile(Path(args.results or HERE / "results" / "gpu.json"), {})
@@ -213,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     params = sum(x.numel() for x in load_causal_lm(SPECS[args.models][0], "cpu").parameters())
     results.data.update(
         machine=machine_info(**info), command=" ".join(sys.argv), policy_params=params,
-        settings={k: getattr(args, k) for k in ("new_tokens", "prompt_tokens", "models", "device")},
+        settings={k: getattr(args, k) for k in ("new_tokens", "prompt_tokens", "models", "device", "repeats")},
     )  # fmt: skip
     runs = results.data.setdefault("runs", {})
     for batch in args.batch:
@@ -224,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             r["ppo"] = bench_agent(args, "ppo", batch, dtype)
             r["grpo"] = bench_agent(args, "grpo", batch, dtype)
             runs[f"{batch}-{dtype}"] = r
+            results.data["table_md"] = table(runs) + "\n"
             results.save()
             print(f"B={batch} {dtype}: done", flush=True)
     print(f"policy parameters: {params / 1e6:.1f}M")
