@@ -13,9 +13,12 @@ masks need the reference's next-token distribution every step; then a KV-cached
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
+import gymnasium
 import numpy as np
 import torch
 from gymnasium import spaces
@@ -34,6 +37,13 @@ from textenv.rewards import check_scores, check_user_reward, load_reward, score
 from textenv.rewards.capabilities import reads_token_ids, shares_reference_forward
 
 __all__ = ["EpisodeBatch", "EpisodeBatchAccess", "Finished"]
+
+# Frames in these folders are the envs' own and Gymnasium's wrappers: a warning about a call into
+# the env points past them, at the line that called it.
+_INTERNAL_DIRS = tuple(
+    os.path.dirname(os.path.abspath(path)) + os.sep
+    for path in (os.path.dirname(__file__), gymnasium.__file__)
+)
 
 
 @dataclass
@@ -191,7 +201,7 @@ class EpisodeBatch:
         """log ρ of each row's action (B,), then feed ``actions[rows]`` to the KV-cached reference;
         rows not stepped keep their pending next-token logits."""
         logits = self._ref_logits()
-        taken = torch.as_tensor(actions, device=self.device).clamp(0, self.vocab_size - 1)
+        taken = torch.as_tensor(actions, device=self.device)  # the envs checked them: in [0, V)
         ref_lp = torch.log_softmax(logits / self.config.temperature, dim=-1)
         step_ref = ref_lp.gather(-1, taken[:, None]).squeeze(-1).double().cpu().numpy()
         stepped = torch.zeros(self.batch_size, dtype=torch.bool, device=self.device)
@@ -379,8 +389,14 @@ class EpisodeBatch:
         self.controller.value = value
 
     def warn_no_logprob(self) -> None:
-        """A step without log π: an error under ``kl_logprob="require"``, else a warning once."""
-        report_missing_logprob(self.config.kl_logprob, self.warned_no_logprob, stacklevel=4)
+        """A step without log π: an error under ``kl_logprob="require"``, else a warning once,
+        attributed to the first caller outside textenv and Gymnasium (the user's ``step`` call,
+        through any number of env layers and wrappers)."""
+        level, frame = 1, sys._getframe(1)  # level 1: the frame that called this method
+        while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL_DIRS):
+            level, frame = level + 1, frame.f_back
+        # report_missing_logprob counts its own frame and this one on top of ours.
+        report_missing_logprob(self.config.kl_logprob, self.warned_no_logprob, stacklevel=level + 1)
         self.warned_no_logprob = True
 
 
