@@ -34,11 +34,12 @@ def finished_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def sort_run(tmp_path_factory):
-    """`textenv run --quick --task sort` (about 10 s)."""
-    config = RunConfig.quick(task="sort")
-    run_dir = tmp_path_factory.mktemp("run") / "sort"
-    return config, run_dir, run(config, run_dir)
+def sort_run(finished_run):
+    """`textenv run --quick` is `textenv run --quick --task sort` (about 10 s)."""
+    run_dir, summaries = finished_run
+    config = RunConfig.quick()
+    assert config == RunConfig.quick(task="sort")
+    return config, run_dir, summaries
 
 
 def held_out_pairs(config: RunConfig) -> list[PreferencePair]:
@@ -75,33 +76,33 @@ def test_quick_run_reward_model_beats_chance_and_a_shuffled_label_control_does_n
     assert not control > 0.5 + RM_MARGIN, control
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the default quick run (Sentiment, 96 prompts) trains its RM on ~190 pairs of "
-    "VADER-labelled prose: measured 0.40 on its 25 held-out pairs and 0.49 on 308 fresh ones, "
-    "chance; its policy then climbs a proxy that carries no preference",
-)
-def test_default_quick_run_reward_model_beats_chance(finished_run):
-    run_dir, _ = finished_run
-    held = held_out_pairs(RunConfig.quick())
-    assert evaluate_reward(str(run_dir / "reward_model" / "rm"), held)["accuracy"] > 0.5 + RM_MARGIN
+def test_quick_sentiment_run_is_only_a_smoke_test_so_quick_defaults_to_sort():
+    """Sentiment-v0's ~190 VADER-labelled pairs of a quick run teach an RM at chance (measured
+    0.40 on 25 held-out pairs, 0.49 on 308 fresh ones), so `--quick` runs Sort-v0 by default."""
+    assert RunConfig.quick().task == "sort"
+    assert RunConfig.quick(task="sentiment").task == "sentiment"
+    assert RunConfig().task == "sentiment"  # the full run's default is unchanged
 
 
-@pytest.mark.parametrize("which", ["default", "sort"])
+@pytest.fixture(scope="module")
+def sentiment_run(tmp_path_factory):
+    """`textenv run --quick --task sentiment`: every stage on the prose model and VADER."""
+    run_dir = tmp_path_factory.mktemp("run") / "sentiment"
+    return run_dir, run(RunConfig.quick(task="sentiment"), run_dir)
+
+
+@pytest.mark.parametrize("which", ["finished_run", "sentiment_run"])
 def test_quick_run_proxy_reward_rises(which, request):
-    run_dir = (
-        request.getfixturevalue("finished_run")[0]
-        if which == "default"
-        else request.getfixturevalue("sort_run")[1]
-    )
+    run_dir = request.getfixturevalue(which)[0]
     curve = json.loads((run_dir / "policy" / "curve.json").read_text())
     first, last = curve[0]["rm_score"], curve[-1]["rm_score"]
     se = float(np.hypot(first["sem"], last["sem"]))
     assert last["mean"] - first["mean"] > 2 * se, (first, last)
 
 
-def test_quick_run_writes_every_output(finished_run):
-    run_dir, summaries = finished_run
+@pytest.mark.parametrize("which", ["finished_run", "sentiment_run"])
+def test_quick_run_writes_every_output(which, request):
+    run_dir, summaries = request.getfixturevalue(which)
     assert set(summaries) == set(pipeline.STAGES)
     for path in (
         "config.json",

@@ -56,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="about 10 s: small data, few steps (a smoke test of every stage)",
+        help="about 10 s on Sort-v0 (unless --task): small data, few steps (a smoke test of every stage)",
     )
     p.add_argument("--out", default=None, help="run folder (default runs/TASK-ALGO-seedN)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
