@@ -13,9 +13,16 @@ from gymnasium.wrappers import TimeLimit
 
 from textenv.env.config import EnvConfig
 from textenv.env.core import EpisodeBatch, EpisodeBatchAccess, Finished
-from textenv.env.kl import check_logprob
+from textenv.env.kl import LOGPROB_MIN, LOGPROB_SLACK, check_logprob
 
-__all__ = ["TextGenEnv", "validate_action", "check_seed", "check_options", "reset_info"]
+__all__ = [
+    "TextGenEnv",
+    "validate_action",
+    "check_seed",
+    "check_options",
+    "reset_info",
+    "reset_info_columns",
+]
 
 
 def validate_action(action: Any, vocab_size: int) -> int:
@@ -62,15 +69,28 @@ def check_options(options: Any, accepted: tuple[str, ...], other: dict[str, str]
     return options
 
 
-def reset_info(core: EpisodeBatch, row: int) -> dict[str, Any]:
-    """What an agent needs to read the observation: the prompt, its token count and the special
-    token ids (pad fills the unused columns; EOS ends the episode; BOS may open a prompt)."""
+def reset_info_columns(core: EpisodeBatch) -> dict[str, np.ndarray]:
+    """What an agent needs to read the observation, one array over the rows per key: the prompt,
+    its token count and the special token ids (pad fills the unused columns; EOS ends the
+    episode; BOS may open a prompt). Text, and a missing BOS (None), are object arrays."""
+    B = core.batch_size
+    bos = core.tokenizer.bos_token_id
+    prompts = np.empty(B, dtype=object)
+    prompts[:] = [p.text if p is not None else None for p in core.row_prompt]
     return {
-        "prompt": core.row_prompt[row].text,
-        "prompt_tokens": int(core.obs_mask[row, : core.P].sum()),
-        "pad_token_id": core.pad_id,
-        "eos_token_id": core.eos_id,
-        "bos_token_id": core.tokenizer.bos_token_id,
+        "prompt": prompts,
+        "prompt_tokens": core.obs_mask[:, : core.P].sum(axis=1, dtype=np.int64),
+        "pad_token_id": np.full(B, core.pad_id, dtype=np.int64),
+        "eos_token_id": np.full(B, core.eos_id, dtype=np.int64),
+        "bos_token_id": np.full(B, bos, dtype=object if bos is None else np.int64),
+    }
+
+
+def reset_info(core: EpisodeBatch, row: int) -> dict[str, Any]:
+    """Row ``row`` of :func:`reset_info_columns` as Python values (the single env's reset info)."""
+    return {
+        key: values[row] if values.dtype == object else values[row].item()
+        for key, values in reset_info_columns(core).items()
     }
 
 
@@ -164,6 +184,11 @@ class TextGenEnv(EpisodeBatchAccess, gym.Env[dict, int]):
     def set_action_logprob(self, logprob: Any) -> None:
         """log π of the action about to be passed to ``step`` (consumed by that step): a float,
         a numpy scalar/one-element array or a one-element torch tensor (any device)."""
+        if type(logprob) is float and LOGPROB_MIN <= logprob <= LOGPROB_SLACK:
+            # A sampler's plain float, every step: check_logprob's rule (NaN and ±inf fail the
+            # comparison) and result (capped at 0) without its array round trip.
+            self._pending_logprob = min(0.0, logprob)
+            return
         self._pending_logprob = check_logprob(logprob)
 
     def action_masks(self) -> np.ndarray:

@@ -11,10 +11,16 @@ from gymnasium.vector.utils import batch_space
 
 from textenv.env.config import EnvConfig
 from textenv.env.core import EpisodeBatch, EpisodeBatchAccess, Finished
-from textenv.env.kl import check_logprobs
-from textenv.env.single import check_options, check_seed, reset_info
+from textenv.env.kl import LOGPROB_MIN, LOGPROB_SLACK, check_logprobs
+from textenv.env.single import check_options, check_seed, reset_info_columns
 
 __all__ = ["TextGenVectorEnv"]
+
+
+def _row_rng(seed: int) -> np.random.Generator:
+    """``gymnasium.utils.seeding.np_random(seed)[0]`` (the same stream) without its type checks,
+    which :func:`check_seed` already made: B rows reseed on every seeded reset."""
+    return np.random.Generator(np.random.PCG64(seed))
 
 
 class TextGenVectorEnv(EpisodeBatchAccess, VectorEnv):
@@ -79,6 +85,8 @@ class TextGenVectorEnv(EpisodeBatchAccess, VectorEnv):
         self._pending: np.ndarray | None = None
         self._needs_reset = np.zeros(num_envs, dtype=bool)
         self._started = False
+        # info["logprob_source"] starts from a copy of this each step (cheaper than building it).
+        self._agent_source = np.full(num_envs, "agent", dtype=object)
 
     # ------------------------------------------------------------------ API
 
@@ -90,6 +98,19 @@ class TextGenVectorEnv(EpisodeBatchAccess, VectorEnv):
     def set_action_logprobs(self, logprobs: Any) -> None:
         """log π of each row's next action, shape ``(B,)``: a numpy array, a torch tensor (any
         device) or a list of floats; NaN for a row means "none" (that token adds 0 to KL̂)."""
+        if (
+            type(logprobs) is np.ndarray
+            and logprobs.dtype.kind == "f"
+            and logprobs.shape == (self.num_envs,)
+        ):
+            # What a sampler hands over every step: check_logprobs's rule in two reductions
+            # (NaN-skipping min and max; ±inf fail them) and its result (float64, capped at 0).
+            values = logprobs.astype(np.float64)
+            low, high = np.fmin.reduce(values), np.fmax.reduce(values)
+            if not (low < LOGPROB_MIN or high > LOGPROB_SLACK):
+                self._pending = np.minimum(values, 0.0, out=values)
+                return
+        # Anything else, and every refusal with its message, goes through the one checker.
         self._pending = check_logprobs(logprobs, self.num_envs)
 
     def action_masks(self) -> np.ndarray:
@@ -107,7 +128,7 @@ class TextGenVectorEnv(EpisodeBatchAccess, VectorEnv):
                     raise ValueError(f"seed: expected {B} seeds, got {len(seeds)}")
             else:
                 seeds = [check_seed(seed) + i for i in range(B)]
-            self._rngs = [seeding.np_random(s)[0] for s in seeds]
+            self._rngs = [_row_rng(s) for s in seeds]
         options = check_options(
             options,
             ("prompts", "reset_mask"),
@@ -140,13 +161,11 @@ class TextGenVectorEnv(EpisodeBatchAccess, VectorEnv):
         self._pending = None
         self._started = True
         # Every row's current values (rows not reset keep theirs); "_key" marks the rows reset.
-        started = np.isin(np.arange(B), rows)
-        per_row = [reset_info(self.core, r) for r in range(B)]
+        started = np.zeros(B, dtype=bool)
+        started[rows] = True
         info: dict[str, Any] = {}
-        for key in per_row[0]:
-            values = [row[key] for row in per_row]
-            kind = object if isinstance(values[0], str) or None in values else np.int64
-            info[key], info["_" + key] = np.array(values, dtype=kind), started
+        for key, values in reset_info_columns(self.core).items():
+            info[key], info["_" + key] = values, started
         return self.core.observation(), info
 
     def step(
@@ -156,35 +175,38 @@ class TextGenVectorEnv(EpisodeBatchAccess, VectorEnv):
             raise RuntimeError("step() called before reset(); call envs.reset() first")
         B, core = self.num_envs, self.core
         actions = self._validate_actions(actions)
-        logprobs = self._pending if self._pending is not None else np.full(B, np.nan)
-
-        rewards = np.zeros(B)
-        terminated = np.zeros(B, dtype=bool)
-        truncated = np.zeros(B, dtype=bool)
-        reset_rows = np.flatnonzero(self._needs_reset)
-        autoreset = self.autoreset_mode == AutoresetMode.NEXT_STEP and len(reset_rows) > 0
+        pending = self._pending
+        # The bookkeeping is paid per numpy call, not per row (at B = 64 a call costs more than
+        # its rows' work, more so with the caches cold after a forward): few calls per step.
+        autoreset = self.autoreset_mode == AutoresetMode.NEXT_STEP and self._needs_reset.any()
         if autoreset:
-            stepped = np.flatnonzero(~self._needs_reset)  # every row but those being reset
+            reset_rows = self._needs_reset.nonzero()[0]
+            stepped_mask = ~self._needs_reset  # every row but those being reset
         else:
-            stepped = np.flatnonzero(core.active)
-        missing = np.isnan(logprobs[stepped])
-        if missing.any():
-            core.warn_no_logprob()  # raises under kl_logprob="require"
+            stepped_mask = core.active.copy()  # apply() clears the rows that finish
+        stepped = stepped_mask.nonzero()[0]  # (np.flatnonzero's wrapper costs 5x as much)
+        if pending is None:
+            logprobs = np.full(B, np.nan)
+            missing = np.ones(B, dtype=bool)
+            if len(stepped):
+                core.warn_no_logprob()  # raises under kl_logprob="require"
+        else:
+            logprobs = pending
+            missing = np.isnan(logprobs)
+            if missing[stepped].any():
+                core.warn_no_logprob()
         # A raising reward function leaves nothing changed (the core undoes the step, the log π
         # stays pending, the rows to autoreset are reset only after): the step can be retried.
-        r, term, trunc, finished = core.apply(actions, logprobs, stepped)
+        rewards, terminated, truncated, finished = core.apply(actions, logprobs, stepped)
         self._pending = None
         if autoreset:
             core.start(reset_rows, [self._draw_prompt(r) for r in reset_rows])
             self._needs_reset[reset_rows] = False
-        rewards += r
-        terminated |= term
-        truncated |= trunc
-        self._needs_reset |= term | trunc
+        rewards += 0.0  # a −0.0 reward (−β·0 per token) is reported as 0.0
+        self._needs_reset |= terminated | truncated
 
-        stepped_mask = np.zeros(B, dtype=bool)
-        stepped_mask[stepped] = True
-        source = np.where(np.isnan(logprobs), "none", "agent").astype(object)
+        source = self._agent_source.copy()
+        source[missing] = "none"
         source[~stepped_mask] = ""
         info: dict[str, Any] = {"logprob_source": source, "_logprob_source": stepped_mask}
         if finished is not None:
@@ -204,11 +226,11 @@ class TextGenVectorEnv(EpisodeBatchAccess, VectorEnv):
         arr = np.asarray(actions)
         if arr.shape != (self.num_envs,):
             raise ValueError(f"expected actions of shape ({self.num_envs},), got {arr.shape}")
-        if not np.issubdtype(arr.dtype, np.integer):
+        if arr.dtype.kind not in "iu":
             raise TypeError(f"actions must be integer token ids, got dtype {arr.dtype}")
         V = self.core.vocab_size
-        bad = (arr < 0) | (arr >= V)
-        if bad.any():
+        if arr.min() < 0 or arr.max() >= V:
+            bad = (arr < 0) | (arr >= V)
             i = int(np.flatnonzero(bad)[0])
             raise ValueError(f"action {int(arr[i])} (row {i}) is outside the vocabulary [0, {V})")
         return arr.astype(np.int64)
