@@ -120,6 +120,8 @@ def test_no_position_limit_keeps_max_length():
         return SequenceClassifierReward(SimpleNamespace(config=SimpleNamespace(**config)), tok, max_length=70).max_length  # fmt: skip
 
     assert limit() == 70
+    defaults = SequenceClassifierReward(SimpleNamespace(config=SimpleNamespace(n_positions=1024)), tok)  # fmt: skip
+    assert (defaults.max_length, defaults.batch_size) == (512, 256)
     assert limit(n_positions=None, max_position_embeddings=None) == 70
     assert limit(max_position_embeddings=9) == 9  # a config that names it so
     assert limit(n_positions=None, max_position_embeddings=9) == 9
@@ -216,11 +218,16 @@ def test_load_reward_kinds(tmp_path):
     assert rm.model is load_sequence_classifier(RM)
     assert load_reward("tiny-rm:seed=3") is not rm
 
+    half_rm = load_reward(RM, dtype="bfloat16")
+    assert half_rm is not rm and half_rm.model.dtype == torch.bfloat16
+
     torch.manual_seed(0)
     folder = FusedRewardHead("tiny").save(tmp_path / "head")
     head = load_reward(str(folder))
     assert isinstance(head, FusedRewardHead)
     assert load_reward(str(folder)) is head
+    other = load_reward(str(FusedRewardHead("tiny").save(tmp_path / "other")))
+    assert other is not head  # cached per folder
     assert next(head.model.parameters()).dtype == torch.float32
     half = load_reward(str(folder), dtype="bfloat16")
     assert half is not head and next(half.model.parameters()).dtype == torch.bfloat16
@@ -347,6 +354,7 @@ def test_check_user_reward_checks_callables_and_callable_specs_only():
         (torch.tensor([0.25, -2.0], dtype=torch.float16), [0.25, -2.0]),
         (torch.tensor([[1.0], [2.0]], requires_grad=True), [1.0, 2.0]),
         ([torch.tensor(1.5), np.float32(2.0)], [1.5, 2.0]),
+        ([[0.5], [1.5]], [0.5, 1.5]),  # a column of lists: flattened like an array's
         ([torch.tensor([3.0]), 4], [3.0, 4.0]),
         ([np.int64(2), 3.0], [2.0, 3.0]),
         ([], []),
@@ -371,6 +379,7 @@ def test_real_numbers_are_read_as_float64(raw, want):
         ([0.5, "1"], r"^r returned a non-numeric score '1' \(str\) for completion 1"),
         ([0.5, None], r"^r returned a non-numeric score None \(NoneType\) for completion 1"),
         ([1.0, 1j], r"non-numeric score 1j \(complex\) for completion 1"),
+        ([torch.tensor(1.0), "2"], r"non-numeric score '2' \(str\) for completion 1"),
         ([torch.tensor(True), 1.0], r"non-numeric score tensor\(True\) \(Tensor\) for completion 0"),
         ([torch.tensor([1.0, 2.0]), 1.0], r"non-numeric score tensor\(\[1\., 2\.\]\) \(Tensor\)"),
         (np.array([True, False]), r"^r returned scores of dtype bool \(array\(\[ True, False\]\)\); expected real numbers"),
