@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,8 +165,20 @@ class PPO(Agent):
     def _update(self, rollout: Rollout) -> dict[str, float]:
         cfg = self.config
         mask = rollout.mask
+        passes = self._minibatch_passes(mask)
+        scored: list[tuple] = []
+        if cfg.minibatch_size == cfg.num_envs and not self.dist.enabled:
+            # The first minibatch is the whole batch at the weights that sampled it: its training
+            # forward gives the old log-probs and values too (no separate no-grad forward).
+            rows, m, share = next(passes)
+            logprobs, values = self._forward(self._score, rollout, rows)
+            old_logprobs = torch.empty_like(logprobs).index_copy_(0, rows, logprobs.detach())
+            old_values = torch.empty_like(values).index_copy_(0, rows, values.detach())
+            scored.append((rows, m, share, (logprobs, values)))
+        else:
+            with torch.no_grad():
+                old_logprobs, old_values = self._all_rows(lambda rows: self._score(rollout, rows))
         with torch.no_grad():
-            old_logprobs, old_values = self._all_rows(lambda rows: self._score(rollout, rows))
             advantages = gae(rollout.rewards, old_values, mask, cfg.gamma, cfg.gae_lambda)
             returns = advantages + old_values
             if cfg.whiten_advantages:
@@ -173,8 +186,8 @@ class PPO(Agent):
         stats: dict[str, list[float]] = {
             k: [] for k in ("pg_loss", "vf_loss", "approx_kl", "clipfrac", "vf_clipfrac", "grad")
         }
-        for rows, m, share in self._minibatch_passes(mask):
-            logprobs, values = self._forward(self._score, rollout, rows)
+        rest = ((r, m, sh, self._forward(self._score, rollout, r)) for r, m, sh in passes)
+        for rows, m, share, (logprobs, values) in itertools.chain(scored, rest):
             logratio = logprobs - old_logprobs[rows]
             pg_loss, ratio = clipped_policy_loss(
                 logprobs, old_logprobs[rows], advantages[rows], m, cfg.clip_eps

@@ -23,8 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from transformers import PreTrainedModel
 
+from textenv.lm import lean_gpt2
 from textenv.lm.models import cache_kwarg, output_cache
 from textenv.lm.padding import forward_left_padded, position_ids_from_mask
 
@@ -35,11 +37,13 @@ __all__ = [
     "sample_tokens",
     "sequence_logprobs",
     "completion_logprobs",
+    "token_logprobs",
     "sample_loop",
     "TokenCallback",
     "SampleOutput",
     "generate",
     "position_ids_from_mask",
+    "trim_left_padding",
 ]
 
 
@@ -60,17 +64,38 @@ class SamplingConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
+def trim_left_padding(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the leading columns that are padding on every row.
+
+    Exact: positions come from the mask and a padding column is never attended to, so the real
+    tokens' outputs are the same (to float rounding) with or without them; the env pads every
+    prompt to ``max_prompt_tokens``, and a batch's prompts are often shorter than that."""
+    real = attention_mask.bool().any(0)
+    first = int(real.to(torch.uint8).argmax())  # 0 when no column is real (nothing to drop)
+    if first == 0:
+        return input_ids, attention_mask
+    return input_ids[:, first:], attention_mask[:, first:]
+
+
 class IncrementalLM:
     """A causal LM decoded one token per step over a batch, with its KV cache kept.
 
     ``prefill`` runs the (left-padded) prefix once; each ``step`` feeds one new token per row.
     ``active=False`` rows still take a column (so the batch stays rectangular) but it is
     masked out, which is how finished rows in a lockstep batch are carried along.
+
+    GPT-2 models run through :func:`textenv.lm.lean_gpt2.lean_forward` (the same math without
+    Hugging Face's per-call overhead, keys and values in preallocated tensors; ``max_new_tokens``
+    sizes them); other models through their own ``forward`` and cache.
     """
 
-    def __init__(self, model: PreTrainedModel) -> None:
+    def __init__(self, model: PreTrainedModel, max_new_tokens: int = 64) -> None:
         self.model = model
-        self._cache_name = cache_kwarg(model)
+        self._lean = lean_gpt2.supports(model)
+        self._max_new_tokens = int(max_new_tokens)
+        self._cache_name = "" if self._lean else cache_kwarg(model)
         self._cache = None
         self._mask: torch.Tensor | None = None
         self._next_pos: torch.Tensor | None = None
@@ -85,17 +110,29 @@ class IncrementalLM:
         batches whose rows end at different columns.
         """
         attention_mask = attention_mask.long()
-        out = forward_left_padded(
-            self.model,
-            input_ids,
-            attention_mask,
-            use_cache=True,
-            logits_to_keep=0 if all_positions else 1,
-        )
-        self._cache = output_cache(out)
-        self._mask = attention_mask
+        if not all_positions:
+            input_ids, attention_mask = trim_left_padding(input_ids, attention_mask)
+        keep = 0 if all_positions else 1
         self._next_pos = attention_mask.sum(-1)
-        return out.logits.float() if all_positions else out.logits[:, -1].float()
+        if self._lean:
+            self._cache = lean_gpt2.KVCache(input_ids.shape[1] + self._max_new_tokens)
+            positions = position_ids_from_mask(attention_mask)
+            logits, _ = lean_gpt2.lean_forward(
+                self.model,
+                input_ids,
+                attention_mask,
+                positions,
+                logits_to_keep=keep,
+                cache=self._cache,
+            )
+        else:
+            out = forward_left_padded(
+                self.model, input_ids, attention_mask, use_cache=True, logits_to_keep=keep
+            )
+            self._cache = output_cache(out)
+            self._mask = attention_mask
+            logits = out.logits
+        return logits.float() if all_positions else logits[:, -1].float()
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
@@ -103,18 +140,28 @@ class IncrementalLM:
         if self._cache is None:
             raise RuntimeError("IncrementalLM.step() called before prefill()")
         col = torch.ones_like(tokens) if active is None else active.long()
-        mask = torch.cat([self._mask, col[:, None]], dim=1)
-        out = self.model(
-            input_ids=tokens[:, None],
-            attention_mask=mask,
-            position_ids=self._next_pos[:, None],
-            use_cache=True,
-            **{self._cache_name: self._cache},
-        )
-        self._cache = output_cache(out)
-        self._mask = mask
+        if self._lean:
+            logits, _ = lean_gpt2.lean_forward(
+                self.model,
+                tokens[:, None],
+                col[:, None],
+                self._next_pos[:, None],
+                cache=self._cache,
+            )
+        else:
+            mask = torch.cat([self._mask, col[:, None]], dim=1)
+            out = self.model(
+                input_ids=tokens[:, None],
+                attention_mask=mask,
+                position_ids=self._next_pos[:, None],
+                use_cache=True,
+                **{self._cache_name: self._cache},
+            )
+            self._cache = output_cache(out)
+            self._mask = mask
+            logits = out.logits
         self._next_pos = self._next_pos + col
-        return out.logits[:, -1].float()
+        return logits[:, -1].float()
 
 
 def next_token_logprobs(logits: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
@@ -165,14 +212,27 @@ def sequence_logprobs(
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Log-probs ``(B, N)`` of each completion token given its prefix, in one forward.
 
-    ``prompt_ids`` are left-padded ``(B, P)``; ``completion_ids`` right-padded ``(B, N)``.
+    ``prompt_ids`` are left-padded ``(B, P)``; ``completion_ids`` right-padded ``(B, N)``; the
+    log-probs are 0 where ``completion_mask`` is 0. Columns that are padding on every row are
+    dropped first (:func:`trim_left_padding`), and GPT-2 models run through
+    :func:`textenv.lm.lean_gpt2.lean_forward` with the LM head over the real tokens only.
     Gradients flow when called outside ``torch.no_grad`` (agents' updates use this).
     With ``return_hidden`` also returns the last hidden states at the N positions that
     predict the completion tokens (what a value head reads).
     """
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
     mask = torch.cat([prompt_mask.long(), completion_mask.long()], dim=1)
+    input_ids, mask = trim_left_padding(input_ids, mask)
     n = completion_ids.shape[1]
+    if lean_gpt2.supports(model):
+        _, hidden = lean_gpt2.lean_forward(
+            model, input_ids, mask, position_ids_from_mask(mask), head=False
+        )
+        hidden = hidden[:, -n - 1 : -1]  # the positions that predict the completion tokens
+        logprobs = _real_token_logprobs(
+            model.lm_head.weight, hidden, completion_ids, completion_mask, temperature
+        )
+        return (logprobs, hidden) if return_hidden else logprobs
     out = forward_left_padded(
         model,
         input_ids,
@@ -182,10 +242,25 @@ def sequence_logprobs(
         output_hidden_states=return_hidden,
     )
     logprobs = completion_logprobs(out.logits, completion_ids, temperature)
+    logprobs = logprobs.masked_fill(~completion_mask.bool(), 0.0)
     if return_hidden:
-        hidden = out.hidden_states[-1][:, -n - 1 : -1]
-        return logprobs, hidden
+        return logprobs, out.hidden_states[-1][:, -n - 1 : -1]
     return logprobs
+
+
+def _real_token_logprobs(
+    weight: torch.Tensor,
+    hidden: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """Log-probs ``(B, N)`` of the real completion tokens from the hidden states that predict
+    them; the LM head and the softmax run over the real tokens only (0 at padding): a batch's
+    completions end at different lengths, and the vocabulary-wide work is most of a forward."""
+    real = completion_mask.bool()
+    lp = token_logprobs(F.linear(hidden[real], weight), completion_ids[real], temperature)
+    return lp.new_zeros(completion_ids.shape).masked_scatter(real, lp)
 
 
 def completion_logprobs(
@@ -193,14 +268,22 @@ def completion_logprobs(
 ) -> torch.Tensor:
     """Log-probs ``(B, N)`` of the N completion tokens from the logits of a teacher-forced forward
     whose last ``N + 1`` positions are ``logits`` (the last one predicts past the end)."""
-    logits = logits[:, -completion_ids.shape[1] - 1 : -1].float()
+    return token_logprobs(logits[:, -completion_ids.shape[1] - 1 : -1], completion_ids, temperature)
+
+
+def token_logprobs(
+    logits: torch.Tensor, token_ids: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """Log-prob of each of ``token_ids`` ``(...)`` under the logits ``(..., V)`` at the same
+    places, at ``temperature``."""
+    logits = logits.float()
     if temperature != 1.0:
         logits = logits / temperature
     if logits.requires_grad:  # training: log_softmax's backward is the cheaper one
-        return torch.log_softmax(logits, dim=-1).gather(-1, completion_ids[..., None]).squeeze(-1)
-    # Scoring only: the chosen logit minus logsumexp, without writing a (B, N, V) log_softmax
+        return torch.log_softmax(logits, dim=-1).gather(-1, token_ids[..., None]).squeeze(-1)
+    # Scoring only: the chosen logit minus logsumexp, without writing a (..., V) log_softmax
     # (3-4x faster at V = 512; equal to float rounding).
-    chosen = logits.gather(-1, completion_ids[..., None]).squeeze(-1)
+    chosen = logits.gather(-1, token_ids[..., None]).squeeze(-1)
     return chosen - torch.logsumexp(logits, dim=-1)
 
 
@@ -228,7 +311,7 @@ def sample_loop(
     never attended to). ``suppress_token`` is never drawn (e.g. EOS for fixed-length samples).
     Returns the number of steps taken.
     """
-    lm = IncrementalLM(model)
+    lm = IncrementalLM(model, max_new_tokens)
     logits = lm.prefill(input_ids, attention_mask)
     for t in range(max_new_tokens):
         if suppress_token is not None:
