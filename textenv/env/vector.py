@@ -127,7 +127,8 @@ class TextGenVectorEnv(EpisodeBatchAccess, VectorEnv):
                 if len(seeds) != B:
                     raise ValueError(f"seed: expected {B} seeds, got {len(seeds)}")
             else:
-                seeds = [check_seed(seed) + i for i in range(B)]
+                first = check_seed(seed)
+                seeds = [first + i for i in range(B)]
             self._rngs = [_row_rng(s) for s in seeds]
         options = check_options(
             options,
