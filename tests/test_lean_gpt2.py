@@ -16,6 +16,7 @@ from textenv.lm.sampling import (
     IncrementalLM,
     SamplingConfig,
     generate,
+    sample_loop,
     sequence_logprobs,
     trim_left_padding,
 )
@@ -92,6 +93,8 @@ def test_sequence_logprobs_and_hidden_match_hf(model, temperature):
         lean_lp, lean_h = sequence_logprobs(model, p, pm, c, cm, temperature, return_hidden=True)
         with through_hf(model):
             hf_lp, hf_h = sequence_logprobs(model, p, pm, c, cm, temperature, return_hidden=True)
+    # HF's output_hidden_states leaves inert capturing hooks on the blocks: still lean after
+    assert lean_gpt2.supports(model)
     real = cm.bool()
     torch.testing.assert_close(lean_lp[real], hf_lp[real], **TOL)
     assert (lean_lp[~real] == 0).all() and (hf_lp[~real] == 0).all()
@@ -171,3 +174,41 @@ def test_trim_left_padding_drops_only_all_padding_columns():
     assert trim_left_padding(ids, full)[0] is ids
     empty = torch.zeros_like(mask)  # nothing real: nothing to align on, kept as is
     assert trim_left_padding(ids, empty)[1] is empty
+
+
+def test_sample_loop_drops_stopped_rows_without_changing_the_others(model):
+    p, pm, _, _ = _batch(8)
+    ends = torch.tensor([3, 10, 1, 7, 10, 5])  # the step after which each row stops
+
+    def run():
+        seen = []
+
+        def on_token(t, tokens, token_lp, _):
+            seen.append((tokens.clone(), token_lp.clone()))
+            return t + 1 < ends
+
+        g = torch.Generator().manual_seed(9)
+        steps = sample_loop(model, p, pm, 12, SamplingConfig(), on_token, generator=g)
+        tokens = torch.stack([s[0] for s in seen], 1)
+        lps = torch.stack([s[1] for s in seen], 1)
+        live = torch.arange(tokens.shape[1])[None, :] < ends[:, None]
+        return steps, tokens[live], lps[live]
+
+    steps, tokens, lps = run()
+    with through_hf(model):  # carries stopped rows masked instead
+        hf_steps, hf_tokens, hf_lps = run()
+    assert steps == hf_steps == 10
+    assert torch.equal(tokens, hf_tokens)
+    torch.testing.assert_close(lps, hf_lps, **TOL)
+
+
+def test_sample_loop_refuses_a_stopped_row_going_on_again(model):
+    p, pm, _, _ = _batch(10)
+
+    def on_token(t, tokens, *_):
+        alive = torch.ones(tokens.shape[0], dtype=torch.bool)
+        alive[0] = t != 1  # row 0 stops after step 1 and would go on after step 2
+        return alive
+
+    with pytest.raises(ValueError, match="stopped row go on again at step 2"):
+        sample_loop(model, p, pm, 6, SamplingConfig(), on_token)

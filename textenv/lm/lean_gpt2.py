@@ -26,10 +26,20 @@ from transformers import GPT2LMHeadModel
 __all__ = ["supports", "lean_forward", "KVCache"]
 
 
+def _inert(hook: object) -> bool:
+    """Hugging Face's output-capturing hooks (installed on the first ``output_hidden_states``
+    call, for good) do nothing unless that model call is collecting outputs."""
+    name = getattr(hook, "__qualname__", "")
+    return name.startswith(("install_output_capuring_hook.", "install_output_capturing_hook."))
+
+
 def _has_hooks(model: torch.nn.Module) -> bool:
     if _module._global_forward_hooks or _module._global_forward_pre_hooks:
         return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    for m in model.modules():
+        if m._forward_pre_hooks or any(not _inert(h) for h in m._forward_hooks.values()):
+            return True
+    return False
 
 
 def supports(model: torch.nn.Module) -> bool:
@@ -80,6 +90,12 @@ class KVCache:
                 fresh[:, :, : self.length] = old[:, :, : self.length]
             mask[:, : self.length] = self.mask[:, : self.length]
         self.keys, self.values, self.mask = keys, values, mask
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep only ``rows`` (indices) of the batch."""
+        self.keys = [k.index_select(0, rows) for k in self.keys]
+        self.values = [v.index_select(0, rows) for v in self.values]
+        self.mask = self.mask.index_select(0, rows)
 
     def append(
         self, layer: int, k: torch.Tensor, v: torch.Tensor

@@ -134,6 +134,19 @@ class IncrementalLM:
             logits = out.logits
         return logits.float() if all_positions else logits[:, -1].float()
 
+    @property
+    def can_drop_rows(self) -> bool:
+        """Whether :meth:`keep_rows` is available (the lean GPT-2 path)."""
+        return self._lean
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Go on with ``rows`` (indices into the current batch) only: later steps take and
+        return that many rows. The rows' results do not change (rows never see each other)."""
+        if not self._lean:
+            raise NotImplementedError("keep_rows needs the lean GPT-2 path (can_drop_rows)")
+        self._cache.keep_rows(rows)
+        self._next_pos = self._next_pos[rows]
+
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
         """Feed one token per row; returns the next-token logits ``(B, V)``."""
@@ -307,21 +320,40 @@ def sample_loop(
     Each step draws one token per row and calls ``on_token(t, tokens, token_logprobs,
     logprobs)`` (``logprobs`` ``(B, V)``: the distribution sampled from); it returns a bool
     ``(B,)`` of the rows that go on. The loop stops after the step where no row goes on, or
-    after ``max_new_tokens`` steps; stopped rows are carried masked (their tokens are fed but
-    never attended to). ``suppress_token`` is never drawn (e.g. EOS for fixed-length samples).
+    after ``max_new_tokens`` steps. A row that stopped does not go on again (ValueError): its
+    tokens and log-probs in later steps are placeholders for the callback to ignore (drawn
+    from its last distribution), and the model computes the rows still going on only (where
+    it can drop rows from its cache; otherwise stopped rows are carried masked). Every step
+    draws one uniform per row of the batch, so the rows' draws do not depend on which rows
+    stopped. ``suppress_token`` is never drawn (e.g. EOS for fixed-length samples).
     Returns the number of steps taken.
     """
     lm = IncrementalLM(model, max_new_tokens)
     logits = lm.prefill(input_ids, attention_mask)
+    rows: torch.Tensor | None = None  # the rows the model still computes (None: all)
     for t in range(max_new_tokens):
         if suppress_token is not None:
             logits[:, suppress_token] = float("-inf")
         logprobs = next_token_logprobs(logits, config)
         tokens, token_logprobs = sample_tokens(logprobs, generator)
         alive = on_token(t, tokens, token_logprobs, logprobs)
-        if t + 1 == max_new_tokens or not bool(alive.any()):
+        n_alive = int(alive.sum())
+        if t + 1 == max_new_tokens or n_alive == 0:
             return t + 1
-        logits = lm.step(tokens, alive)
+        if not lm.can_drop_rows:
+            logits = lm.step(tokens, alive)
+            continue
+        live = alive if rows is None else alive[rows]
+        if int(live.sum()) != n_alive:
+            raise ValueError(f"on_token let a stopped row go on again at step {t}")
+        if n_alive < live.shape[0]:
+            keep = live.nonzero().squeeze(1)
+            lm.keep_rows(keep)
+            rows = keep if rows is None else rows[keep]
+        if rows is None:
+            logits = lm.step(tokens)
+        else:  # stopped rows keep their last logits (placeholders)
+            logits = logits.index_copy(0, rows, lm.step(tokens[rows]))
     return max_new_tokens
 
 
