@@ -353,7 +353,7 @@ def sample_loop(
         if rows is None:
             logits = lm.step(tokens)
         else:  # stopped rows keep their last logits (placeholders)
-            logits = logits.index_copy(0, rows, lm.step(tokens[rows]))
+            logits.index_copy_(0, rows, lm.step(tokens[rows]))
     return max_new_tokens
 
 
