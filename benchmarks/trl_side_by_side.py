@@ -575,6 +575,23 @@ def _children_cpu() -> float:
     return t.children_user + t.children_system
 
 
+def _code_version() -> str:
+    """The commit the run measured (``+dirty`` when the package's sources differ from it)."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "agents", "textenv"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return (head or "unknown") + ("+dirty" if dirty else "")
+
+
 def run_worker(name: str, steps: int, python: str, overrides: dict[str, Any]) -> dict:
     """One worker in its own process at one thread; returns its record plus the share of the
     machine's CPUs that other processes used meanwhile."""
@@ -582,7 +599,7 @@ def run_worker(name: str, steps: int, python: str, overrides: dict[str, Any]) ->
     from common import machine_busy_seconds, wait_for_quiet
 
     quiet_before = wait_for_quiet(120)
-    out = RESULTS / f".trl_side_by_side_{name}.json"
+    out = RESULTS / f".trl_side_by_side_{name}.{os.getpid()}.json"  # one per driver
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -604,6 +621,7 @@ def run_worker(name: str, steps: int, python: str, overrides: dict[str, Any]) ->
         process_wall_s=wall,
         command=" ".join(cmd[:1] + [Path(cmd[1]).name] + cmd[2:]),
         python=python,
+        code=_code_version(),
         overrides=overrides,
         finished=time.strftime("%Y-%m-%d %H:%M:%S"),
     )
