@@ -674,12 +674,17 @@ def summarise(data: dict) -> dict:
             "kl_end": _window(c, "kl_k3_token" if "grpo" in name else "kl_episode"),
             "phase_share": {k: v / total for k, v in ph.items() if v > 0},
             "others_cpu_share": rec["others_cpu_share"],
+            "code": rec.get("code", ""),
         }
     for algo in ("grpo", "ppo"):
         ours, trl = rows.get(f"ours-{algo}"), rows.get(f"trl-{algo}")
         if ours and trl:
             rows[f"speedup_{algo}"] = ours["tokens_per_s"] / trl["tokens_per_s"]
             rows[f"speedup_cpu_{algo}"] = ours["tokens_per_cpu_s"] / trl["tokens_per_cpu_s"]
+        for name, row in rows.items():  # every run of ours (ablations, earlier code) vs TRL
+            if trl and name.startswith(f"ours-{algo}") and isinstance(row, dict):
+                row["vs_trl"] = row["tokens_per_s"] / trl["tokens_per_s"]
+                row["vs_trl_cpu"] = row["tokens_per_cpu_s"] / trl["tokens_per_cpu_s"]
     for name, rec in runs.items():  # GRPO at matched KL: ours at the KL TRL ends at
         if name.startswith("ours-grpo") and "trl-grpo" in rows:
             kl = rows["trl-grpo"]["kl_end"]
@@ -690,15 +695,17 @@ def summarise(data: dict) -> dict:
 def markdown(data: dict) -> str:
     s = data["summary"]
     lines = [
-        "| run | framework | steps | generated tokens / s | tokens / CPU s | reward: first 10 → last 10% steps "
+        "| run | framework | code | steps | generated tokens / s | tokens / CPU s "
+        "| reward: first 10 → last 10% steps "
         "| KL, last 10% (GRPO: per-token k3; PPO: nats / episode) | others' CPU |",
-        "|---|---|---:|---:|---:|---|---:|---:|",
+        "|---|---|---|---:|---:|---:|---|---:|---:|",
     ]
     for name, r in s.items():
         if name.startswith("speedup"):
             continue
         lines.append(
-            f"| {name} | {r['framework']} | {r['steps']} | {r['tokens_per_s']:.0f} "
+            f"| {name} | {r['framework']} | {r.get('code') or '—'} | {r['steps']} "
+            f"| {r['tokens_per_s']:.0f} "
             f"| {r['tokens_per_cpu_s']:.0f} "
             f"| {r['reward_start']:.3f} → {r['reward_end']:.3f} | {r['kl_end']:.2f} "
             f"| {r['others_cpu_share']:.0%} |"
