@@ -79,6 +79,7 @@ def measure(algo: str, repeats: int) -> dict[str, float]:
         "tokens": int(rollout.mask.sum()),
         "torch": torch.__version__,
     }
+    out["total_ms"] = out["collect_ms"] + out["update_ms"]
     agent.close()
     return out
 
@@ -119,8 +120,18 @@ def main() -> None:
             f"{algo}_{part}": p[algo][f"{part}_ms"] / c[algo][f"{part}_ms"]
             for algo in ("grpo", "ppo")
             if algo in p and algo in c
-            for part in ("collect", "update")
+            for part in ("collect", "update", "total")
         }
+        lines = [
+            f"| agent | part | previous ({p['code']}), ms | current ({c['code']}), ms | speed-up |",
+            "|---|---|---:|---:|---:|",
+        ]
+        for algo in ("grpo", "ppo"):
+            for part in ("collect", "update", "total"):
+                if algo in p and algo in c:
+                    a, b = p[algo][f"{part}_ms"], c[algo][f"{part}_ms"]
+                    lines.append(f"| {algo.upper()} | {part} | {a:.1f} | {b:.1f} | {a / b:.2f}× |")
+        data["table_md"] = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     from textenv.files import atomic_write_text
 
