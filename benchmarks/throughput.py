@@ -30,6 +30,12 @@ of them alike; the CPU share other processes used during the run is recorded. Re
     python benchmarks/throughput.py --threads 1 --clock cpu   # a busy shared machine
     python benchmarks/throughput.py --scaling     # (b) over batch size × episode length + memory
 
+``--env-only`` times the env's own work in variant (b) without the policy: the same sampled
+tokens and log π replayed into the env, split into reset, the log π checks, the non-final steps
+and the last step (which holds the reference and RM passes); CPU ms per rollout, the median of
+``--repeats`` (at least 20), printed and written to ``results/throughput_env_only.json`` (or
+``--out``). Run it with ``PYTHONPATH`` pointing at another checkout to compare code versions.
+
 ``--scaling`` runs variant (b) over B ∈ {16, 64, 256} × new tokens ∈ {16, 32, 64, 128} and records
 tokens/s, seconds per generated token and the peak resident memory of each rollout (the kernel's
 high-water mark, reset before each config), into ``results/throughput_scaling.{json,png}``.
@@ -310,6 +316,60 @@ def measure(batch: int, repeats: int, with_singles: bool, clock: str = "wall") -
     }
 
 
+def env_only(batch: int, repeats: int, out: Path) -> dict:
+    """The env's CPU time per rollout of (b), without the policy (see the module docstring)."""
+    gen = torch.Generator().manual_seed(0)
+    envs = gym.make_vec(
+        "textenv/TextGen-v0",
+        num_envs=batch,
+        vectorization_mode="vector_entry_point",
+        autoreset_mode=gym.vector.AutoresetMode.DISABLED,
+        **env_kwargs(),
+    )
+    tokens = torch.randint(32, 127, (N, batch), generator=gen).numpy()  # never EOS
+    logprobs = (-5 * torch.rand(N, batch, generator=gen)).numpy()  # float32, as sampled
+    env, clock = envs.unwrapped, time.process_time
+    parts: dict[str, list[float]] = {
+        "reset": [],
+        "logprob_checks": [],
+        "steps": [],
+        "last_step": [],
+    }
+    for rep in range(max(repeats, 20) + 3):
+        start = clock()
+        envs.reset(seed=rep)
+        reset, checks, steps = clock() - start, 0.0, 0.0
+        for t in range(N):
+            start = clock()
+            env.set_action_logprobs(logprobs[t])
+            mid = clock()
+            envs.step(tokens[t])
+            end = clock()
+            checks += mid - start
+            if t < N - 1:
+                steps += end - mid
+        if rep >= 3:  # warm-up
+            for key, value in zip(parts, (reset, checks, steps, end - mid)):
+                parts[key].append(value)
+    ms = {key: 1e3 * statistics.median(values) for key, values in parts.items()}
+    result = {
+        "batch": batch,
+        "new_tokens": N,
+        "ms_per_rollout": ms,
+        "repeats": len(parts["reset"]),
+        "textenv_path": str(Path(sys.modules["textenv"].__file__).parent),
+        "threads": torch.get_num_threads(),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    print(
+        f"B={batch}: " + "  ".join(f"{key} {value:.3f} ms" for key, value in ms.items()),
+        flush=True,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    return result
+
+
 def peak_rss_mib(reset: bool = False) -> float:
     """This process's resident-memory high-water mark (Linux); ``reset`` starts a new one."""
     if reset:
@@ -417,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "throughput.json")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--scaling", action="store_true", help="batch × length curves + memory")
+    parser.add_argument("--env-only", action="store_true", help="the env's own time, no policy")
     parser.add_argument(
         "--clock",
         choices=sorted(CLOCKS),
@@ -428,6 +489,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.env_only:
+        out = (
+            args.out if args.out.name != "throughput.json" else RESULTS / "throughput_env_only.json"
+        )
+        env_only(args.batch[0], args.repeats, out)
+        return 0
     if args.scaling:
         wait_for_quiet(args.wait_quiet)
         out = (

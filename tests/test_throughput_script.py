@@ -48,3 +48,13 @@ def test_scaling_mode_writes_curves(tmp_path, throughput):
     assert [(r["batch"], r["new_tokens"]) for r in rows] == [(2, 4), (2, 8)]
     assert all(r["tokens_per_s"] > 0 and r["peak_rss_mib"] > 0 for r in rows)
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_env_only_mode_times_the_envs_own_work(tmp_path, throughput):
+    out = tmp_path / "env_only.json"
+    throughput.main(["--env-only", "--batch", "2", "--repeats", "1", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["batch"] == 2 and result["repeats"] == 20  # at least 20, whatever is asked
+    ms = result["ms_per_rollout"]
+    assert set(ms) == {"reset", "logprob_checks", "steps", "last_step"}
+    assert all(v > 0 for v in ms.values())
