@@ -103,6 +103,7 @@ SETS: dict[str, dict[str, list[str]]] = {
             "tests/test_dpo.py::test_loss_gradient_flows_the_implicit_rewards_are_detached",
             "tests/test_dpo.py::test_accuracy_counts_ties_as_half",
             "tests/test_dpo.py::test_pairs_encoded_as_episodes_by_hand",
+            "tests/test_dpo.py::test_completions_get_no_special_tokens_and_every_cut_is_counted",
             "tests/test_dpo.py::test_agent_loss_matches_hand_computation",
         ],
         # The DPO / IPO / cDPO loss, its accuracy, and what it is computed from: the pairs

@@ -29,11 +29,13 @@ import random
 import numpy as np
 import pytest
 import torch
+from tokenizers import processors
+from transformers import PreTrainedTokenizerFast
 
 from agents import ALGORITHMS, DPO, DPOConfig
 from agents.dpo import _accuracy, dpo_loss, encode_pairs
 from textenv.env.config import DEFAULT_PROMPTS
-from textenv.lm.models import load_tokenizer
+from textenv.lm.models import byte_tokenizer, load_tokenizer
 from textenv.preferences import PreferencePair, SimulatedLabeller, sample_completions, write_jsonl
 from textenv.tasks.tiny import gold_score
 
@@ -184,11 +186,34 @@ def test_pairs_encoded_as_episodes_by_hand():
     assert len(empty) == 0 and empty.prompt_ids.shape == (0, P) and empty.chosen.shape == (0, N)
 
 
-def _manual_logprob(model, prompt_ids: list[int], completion_ids: list[int]) -> float:
-    """Sum of log p(completion token | prefix), one unpadded forward, computed here."""
+def test_completions_get_no_special_tokens_and_every_cut_is_counted():
+    """With a tokenizer that puts BOS (256) in front of a text, the prompt keeps it (as the env's
+    prompts do) and the completions, which continue the prompt, get none."""
+    backend = byte_tokenizer().backend_tokenizer
+    backend.post_processor = processors.TemplateProcessing(
+        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", 256)]
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|endoftext|>", bos_token="<|endoftext|>"
+    )
+    tok.pad_token = tok.eos_token
+    bos = eos = pad = 256
+    pairs = [PreferencePair("ab", "wxyz", "uvwxyz"), PreferencePair("c", "q", "rstu")]
+    data = encode_pairs(pairs, tok, 4, 3)
+    assert data.truncated == 3  # wxyz, uvwxyz, rstu: each over 3 tokens
+    assert data.prompt_ids.tolist() == [[pad, bos, 97, 98], [pad, pad, bos, 99]]
+    assert data.chosen.tolist() == [[119, 120, 121], [113, eos, pad]]
+    assert data.rejected.tolist() == [[117, 118, 119], [114, 115, 116]]
+
+
+def _manual_logprob(
+    model, prompt_ids: list[int], completion_ids: list[int], temperature: float = 1.0
+) -> float:
+    """Sum of log p(completion token | prefix) at ``temperature``, one unpadded forward,
+    computed here."""
     ids = torch.tensor([prompt_ids + completion_ids])
     with torch.no_grad():
-        logits = model(input_ids=ids).logits[0].double()
+        logits = model(input_ids=ids).logits[0].double() / temperature
     logp = torch.log_softmax(logits, dim=-1)
     n = len(prompt_ids)
     return float(sum(logp[n - 1 + j, tok] for j, tok in enumerate(completion_ids)))
@@ -196,7 +221,10 @@ def _manual_logprob(model, prompt_ids: list[int], completion_ids: list[int]) -> 
 
 def test_agent_loss_matches_hand_computation(tmp_path):
     """Encoding (prompts left-truncated, EOS appended to a completion that ended, none on a
-    full-length one), the per-sequence log-probs of policy and reference, and the loss, against a manual forward."""
+    full-length one), the per-sequence log-probs of policy and reference at the env's
+    temperature, and the loss with label smoothing, against a manual forward; on given pairs
+    and on val_data (whose reference log-probs are cached)."""
+    T = 0.7
     N = 16  # Tiny-v0's max_new_tokens
     rows = [
         {"prompt": "The old house", "chosen": " was big", "rejected": " x" * 8},  # 16 tokens
@@ -204,11 +232,20 @@ def test_agent_loss_matches_hand_computation(tmp_path):
     ]
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    for loss_type, beta in (("sigmoid", 0.3), ("ipo", 0.3)):
+    for loss_type, beta, eps in (("sigmoid", 0.3, 0.2), ("ipo", 0.3, 0.0)):
         # A policy that differs from the reference ("tiny"), so h ≠ 0.
-        agent = DPO(_config(str(path), model="tiny:seed=7", beta=beta, loss_type=loss_type))
+        cfg = _config(
+            str(path),
+            model="tiny:seed=7",
+            beta=beta,
+            loss_type=loss_type,
+            label_smoothing=eps,
+            val_data=str(path),
+            env_kwargs={"temperature": T},
+        )
+        agent = DPO(cfg)
+        assert agent.policy.temperature == T
         tok, eos = agent.policy.tokenizer, agent.policy.tokenizer.eos_token_id
-        got = agent.evaluate_pairs(str(path))
         losses, accs = [], []
         for r in rows:
             # The env keeps a prompt's last max_prompt_tokens (8) tokens.
@@ -218,20 +255,23 @@ def test_agent_loss_matches_hand_computation(tmp_path):
                 c = tok(r[key], add_special_tokens=False)["input_ids"]
                 c = c + [eos] if len(c) < N else c  # " x" * 8 is exactly N tokens: no EOS
                 assert len(c) <= N
-                pol = _manual_logprob(agent.policy.model, p, c)
-                ref = _manual_logprob(agent.reference, p, c)
+                pol = _manual_logprob(agent.policy.model, p, c, T)
+                ref = _manual_logprob(agent.reference, p, c, T)
                 if loss_type == "ipo":
                     pol, ref = pol / len(c), ref / len(c)
                 lp[key] = (pol, ref)
             h = (lp["chosen"][0] - lp["chosen"][1]) - (lp["rejected"][0] - lp["rejected"][1])
             assert h != 0
             if loss_type == "sigmoid":
-                losses.append(-math.log(_sig(beta * h)))
+                losses.append(
+                    -(1 - eps) * math.log(_sig(beta * h)) - eps * math.log(_sig(-beta * h))
+                )
             else:
                 losses.append((h - 1 / (2 * beta)) ** 2)
             accs.append(1.0 if h > 0 else 0.0)
-        assert got["loss"] == pytest.approx(sum(losses) / 2, rel=1e-4)
-        assert got["accuracy"] == pytest.approx(sum(accs) / 2)
+        for got in (agent.evaluate_pairs(str(path)), agent.evaluate_pairs()):
+            assert got["loss"] == pytest.approx(sum(losses) / 2, rel=1e-4)
+            assert got["accuracy"] == pytest.approx(sum(accs) / 2)
         agent.close()
 
 
