@@ -52,8 +52,8 @@ class IdsReward:
         return tokenizer is not None and tokenizer.eos_token_id == EOS and len(tokenizer) == V
 
     def score_token_ids(self, prompt_ids, completion_ids, metadata):
-        self.calls.append(("ids", [list(p) for p in prompt_ids], [list(c) for c in completion_ids],
-                           metadata))  # fmt: skip
+        prompts, completions = [list(p) for p in prompt_ids], [list(c) for c in completion_ids]
+        self.calls.append(("ids", prompts, completions, metadata))
         if self.nan_at_end:
             return [math.nan if c else 0.0 for c in completion_ids]
         return [10.0 * len(c) + m["k"] for c, m in zip(completion_ids, metadata)]
