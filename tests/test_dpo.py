@@ -223,7 +223,7 @@ def test_agent_loss_matches_hand_computation(tmp_path):
     """Encoding (prompts left-truncated, EOS appended to a completion that ended, none on a
     full-length one), the per-sequence log-probs of policy and reference at the env's
     temperature, and the loss with label smoothing, against a manual forward; on given pairs
-    and on val_data (whose reference log-probs are cached)."""
+    and on val_data, whose reference log-probs are cached apart from the training pairs'."""
     T = 0.7
     N = 16  # Tiny-v0's max_new_tokens
     rows = [
@@ -232,16 +232,21 @@ def test_agent_loss_matches_hand_computation(tmp_path):
     ]
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train = tmp_path / "train.jsonl"  # other pairs (the same ones reversed) to train on
+    train.write_text("".join(json.dumps(r) + "\n" for r in reversed(rows)))
     for loss_type, beta, eps in (("sigmoid", 0.3, 0.2), ("ipo", 0.3, 0.0)):
         # A policy that differs from the reference ("tiny"), so h ≠ 0.
         cfg = _config(
-            str(path),
+            str(train),
             model="tiny:seed=7",
             beta=beta,
             loss_type=loss_type,
             label_smoothing=eps,
             val_data=str(path),
             env_kwargs={"temperature": T},
+            lr=0.0,
+            batch_size=2,
+            minibatch_size=2,
         )
         agent = DPO(cfg)
         assert agent.policy.temperature == T
@@ -269,6 +274,7 @@ def test_agent_loss_matches_hand_computation(tmp_path):
             else:
                 losses.append((h - 1 / (2 * beta)) ** 2)
             accs.append(1.0 if h > 0 else 0.0)
+        agent.learn(passes=1)  # lr 0: the policy stays; the training pairs' log-probs cached
         for got in (agent.evaluate_pairs(str(path)), agent.evaluate_pairs()):
             assert got["loss"] == pytest.approx(sum(losses) / 2, rel=1e-4)
             assert got["accuracy"] == pytest.approx(sum(accs) / 2)
