@@ -88,7 +88,9 @@ class IncrementalLM:
 
     GPT-2 models run through :func:`textenv.lm.lean_gpt2.lean_forward` (the same math without
     Hugging Face's per-call overhead, keys and values in preallocated tensors; ``max_new_tokens``
-    sizes them); other models through their own ``forward`` and cache.
+    sizes them, and they grow when more steps come); other models through their own ``forward``
+    and cache. Which path is decided when the object is made: a forward hook registered later
+    is not seen by its steps.
     """
 
     def __init__(self, model: PreTrainedModel, max_new_tokens: int = 64) -> None:
