@@ -119,12 +119,17 @@ SETS: dict[str, dict[str, list[str]]] = {
     },
     "reward_model": {
         "modules": ["textenv/training/bradley_terry.py"],
-        "tests": ["tests/test_losses.py"],
+        "tests": ["tests/test_losses.py", "tests/test_reward_data.py"],
+        # The loss, its loop and metrics, and the data they train on: the split by prompt and
+        # the stored normalisation (the config checks and the file helpers are not scored).
         "functions": [
             "textenv.training.bradley_terry.x_fit_bradley_terry*",
             "textenv.training.bradley_terry.x_pair_metrics*",
             "textenv.training.bradley_terry.x_margins*",
             "textenv.training.bradley_terry.x__evaluate*",
+            "textenv.training.bradley_terry.x_split_by_prompt*",
+            "textenv.training.bradley_terry.x_training_pairs*",
+            "textenv.training.bradley_terry.x_reward_normalisation*",
         ],
     },
 }
