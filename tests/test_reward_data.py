@@ -36,7 +36,7 @@ def test_single_prompt_pairs_are_split_one_by_one():
     assert (len(train), len(val)) == (7, 3)  # round(0.3 · 10)
     train, val = split_by_prompt(pairs, 0.04, seed=0)
     assert (len(train), len(val)) == (9, 1)  # at least one pair held out
-    assert split_by_prompt(pairs, 0.3, seed=0) == split_by_prompt(pairs, 0.3, seed=0)
+    assert split_by_prompt(pairs, 0.3) == split_by_prompt(pairs, 0.3, seed=0)  # the default
     splits = {tuple(map(repr, split_by_prompt(pairs, 0.3, seed=s)[1])) for s in range(6)}
     assert len(splits) > 1  # the seed picks which pairs
 
@@ -50,6 +50,14 @@ def test_prompts_are_held_out_whole_until_the_target_is_reached():
         assert not {p.prompt for p in train} & {p.prompt for p in val}
     train, val = split_by_prompt(pairs, 0.5, seed=0)  # target 5: three prompts reach it
     assert (len(train), len(val)) == (4, 6)
+
+
+def test_two_prompts_are_held_out_whole_too():
+    pairs = _pairs({"a": 3, "b": 3})
+    for seed in range(4):
+        train, val = split_by_prompt(pairs, 0.3, seed=seed)  # target 2: one prompt (3 pairs)
+        _is_split_of(pairs, train, val)
+        assert len(val) == 3 and len({p.prompt for p in val}) == 1
 
 
 def test_at_least_one_prompt_stays_for_training():
@@ -76,17 +84,29 @@ def test_a_fraction_of_one_or_more_is_refused(fraction):
 
 
 def test_training_pairs_split_unless_validation_pairs_are_given(tmp_path):
-    pairs = _pairs({f"p{i}": 2 for i in range(5)})
-    config = RewardModelConfig(val_fraction=0.2, seed=3)
+    pairs = _pairs({"only": 10})
+    config = RewardModelConfig(val_fraction=0.2, seed=1)
     train, val = training_pairs(pairs, None, config)
-    assert (train, val) == split_by_prompt(pairs, 0.2, seed=3)
+    assert (train, val) == split_by_prompt(pairs, 0.2, seed=1)  # the config's seed
+    assert (train, val) != split_by_prompt(pairs, 0.2, seed=0)
     assert len(val) == 2
     given = _pairs({"v": 2})
     train, val = training_pairs(pairs, given, config)
     assert train == pairs and val == given
     path = tmp_path / "pairs.jsonl"  # files are read like every other source
     write_jsonl(path, pairs)
-    assert training_pairs(str(path), None, config) == split_by_prompt(pairs, 0.2, seed=3)
+    assert training_pairs(str(path), None, config) == split_by_prompt(pairs, 0.2, seed=1)
+    # on_error reaches both files: a bad line is skipped when asked, an error otherwise.
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(path.read_text() + '{"prompt": "no completions"}\n')
+    with pytest.warns(UserWarning, match="skipped 1 malformed"):
+        got = training_pairs(str(bad), None, config, on_error="skip")
+    assert got == split_by_prompt(pairs, 0.2, seed=1)
+    with pytest.warns(UserWarning, match="skipped 1 malformed"):
+        assert training_pairs(pairs, str(bad), config, on_error="skip") == (pairs, pairs)
+    for args in ((str(bad), None), (pairs, str(bad))):
+        with pytest.raises(ValueError, match="bad.jsonl:11"):
+            training_pairs(*args, config)
     with pytest.raises(ValueError, match="^no training pairs$"):
         training_pairs([], None, config)
     with pytest.raises(ValueError, match="^no training pairs$"):
@@ -104,3 +124,4 @@ def test_reward_normalisation_by_hand():
     assert reward_normalisation(np.array([2.0, 2.0, 2.0])) == (2.0, 1.0)
     assert reward_normalisation(np.array([1.0, 1.0 + 2e-9])) == pytest.approx((1.0, 1.0))
     assert reward_normalisation(np.array([1.0, 1.0 + 1e-6]))[1] == pytest.approx(5e-7)
+    assert reward_normalisation(np.array([0.0, 2e-8])) == (1e-8, 1.0)  # std exactly 1e-8: ~0
