@@ -8,10 +8,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    GPT2Config,
+    GPT2ForSequenceClassification,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 from textenv.lm import lean_gpt2
 from textenv.lm.models import load_causal_lm
+from textenv.lm.padding import classifier_logits_left_padded, left_pad
 from textenv.lm.sampling import (
     IncrementalLM,
     SamplingConfig,
@@ -212,3 +219,52 @@ def test_sample_loop_refuses_a_stopped_row_going_on_again(model):
 
     with pytest.raises(ValueError, match="stopped row go on again at step 2"):
         sample_loop(model, p, pm, 6, SamplingConfig(), on_token)
+
+
+def test_classifier_logits_lean_path_matches_hf_padded_and_not():
+    """A GPT-2 reward model's trunk runs lean (score head at the last position): the same logits
+    as Hugging Face's forward, over left-padded rows and unpadded ones, with gradients; an
+    all-padding row, a hooked model or dropout take Hugging Face's path."""
+    torch.manual_seed(5)
+    config = GPT2Config(
+        n_embd=64, n_layer=2, n_head=4, vocab_size=300, num_labels=1,
+        bos_token_id=299, eos_token_id=299, pad_token_id=299,
+    )  # fmt: skip
+    rm = GPT2ForSequenceClassification(config)
+    rm.train(False)
+    assert lean_gpt2.supports_classifier(rm) and not lean_gpt2.supports(rm)
+    g = torch.Generator().manual_seed(3)
+    rows = [torch.randint(1, 300, (n,), generator=g).tolist() for n in (7, 1, 12, 4)]
+    padded = left_pad(rows, 0)
+    unpadded = left_pad([r[:4] for r in rows if len(r) >= 4], 0)
+    for ids, mask in (padded, unpadded):
+        lean = classifier_logits_left_padded(rm, ids, mask)
+        with through_hf(rm):
+            assert not lean_gpt2.supports_classifier(rm)
+            hf = classifier_logits_left_padded(rm, ids, mask)
+        torch.testing.assert_close(lean, hf, **TOL)
+        # each row alone (no padding) gives its batched score: read at its own last token
+        alone = torch.cat([classifier_logits_left_padded(rm, i[m.bool()][None], m[m.bool()][None])
+                           for i, m in zip(ids, mask)])  # fmt: skip
+        torch.testing.assert_close(lean, alone, **TOL)
+    lean.sum().backward()  # gradients flow through the lean path too
+    assert rm.score.weight.grad is not None
+    ids, mask = left_pad([[5, 6], []], 0)  # the empty row is all padding: Hugging Face's path
+    with through_hf(rm):
+        hf = classifier_logits_left_padded(rm, ids, mask)
+    torch.testing.assert_close(classifier_logits_left_padded(rm, ids, mask), hf, rtol=0, atol=0)
+    rm.train(True)
+    assert not lean_gpt2.supports_classifier(rm)  # dropout active
+    rm.train(False)
+    lm = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64))
+    assert not lean_gpt2.supports_classifier(lm)
+
+
+def test_left_pad_layout():
+    ids, mask = left_pad([[1, 2, 3], [4], [], (7, 8)], 9)
+    assert ids.tolist() == [[1, 2, 3], [9, 9, 4], [9, 9, 9], [9, 7, 8]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 0, 0], [0, 1, 1]]
+    assert ids.dtype == mask.dtype == torch.long
+    assert left_pad([[], []], 0)[0].shape == (2, 0)
+    with pytest.raises(ValueError, match="at least one row"):
+        left_pad([], 0)

@@ -13,7 +13,9 @@ written per step) instead of concatenating a new cache every step.
 :func:`supports` says when it applies: a plain ``GPT2LMHeadModel`` with SDPA attention, no
 cross-attention, no dropout active, no gradient checkpointing, and no forward hooks anywhere
 (hooks must see the calls they were registered for). Every other model goes through its own
-``forward`` (the callers in :mod:`textenv.lm.sampling` fall back).
+``forward`` (the callers in :mod:`textenv.lm.sampling` fall back). :func:`supports_classifier`
+says the same of a ``GPT2ForSequenceClassification``, whose trunk runs here and whose ``score``
+head :func:`textenv.lm.padding.classifier_logits_left_padded` applies at the last position.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch.nn.modules import module as _module
-from transformers import GPT2LMHeadModel
+from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
 
-__all__ = ["supports", "lean_forward", "KVCache"]
+__all__ = ["supports", "supports_classifier", "lean_forward", "KVCache"]
 
 
 def _inert(hook: object) -> bool:
@@ -44,12 +46,22 @@ def _has_hooks(model: torch.nn.Module) -> bool:
 
 def supports(model: torch.nn.Module) -> bool:
     """Whether :func:`lean_forward` computes exactly what ``model(...)`` would."""
-    if type(model) is not GPT2LMHeadModel:
+    if type(model) is not GPT2LMHeadModel or model.lm_head.bias is not None:
         return False
+    return _plain_trunk(model)
+
+
+def supports_classifier(model: torch.nn.Module) -> bool:
+    """Whether ``model`` is a GPT-2 sequence classifier whose trunk :func:`lean_forward` runs
+    exactly (``head=False``), its ``score`` head then applied by the caller."""
+    if type(model) is not GPT2ForSequenceClassification or model.score.bias is not None:
+        return False
+    return _plain_trunk(model)
+
+
+def _plain_trunk(model: GPT2LMHeadModel | GPT2ForSequenceClassification) -> bool:
     cfg = model.config
     if getattr(cfg, "_attn_implementation", None) != "sdpa" or cfg.add_cross_attention:
-        return False
-    if model.lm_head.bias is not None:
         return False
     if model.training and (
         cfg.attn_pdrop
@@ -129,7 +141,7 @@ def _attention_mask(
 
 
 def lean_forward(
-    model: GPT2LMHeadModel,
+    model: GPT2LMHeadModel | GPT2ForSequenceClassification,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     position_ids: torch.Tensor,
@@ -144,8 +156,8 @@ def lean_forward(
     the new columns are appended to it (their keys and values written in place, the new tokens
     attend to every earlier real column). ``logits_to_keep`` > 0 computes the LM head over the
     last that many positions only; ``head=False`` skips it (``logits`` is None: the caller
-    applies the head to the positions it needs). ``last_hidden`` is over all T positions (after
-    ``ln_f``).
+    applies the head to the positions it needs; the only choice for a sequence classifier).
+    ``last_hidden`` is over all T positions (after ``ln_f``).
     """
     cfg = model.config
     tr = model.transformer

@@ -9,12 +9,16 @@ scoring, reward models and their training all build their inputs with :func:`lef
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
+
+from textenv.lm import lean_gpt2
 
 __all__ = [
     "adds_bos",
@@ -40,12 +44,18 @@ def left_pad(
     give it one)."""
     if not rows:
         raise ValueError("left_pad needs at least one row")
-    width = max(len(r) for r in rows)
-    ids = [[pad_id] * (width - len(r)) + list(r) for r in rows]
-    mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    width = int(lengths.max())
+    # One vectorised fill (row-major order is each row's tokens in turn) instead of Python lists
+    # per row: the env scores every finished batch through here.
+    mask = np.arange(width) >= (width - lengths)[:, None]
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    ids[mask] = np.fromiter(
+        itertools.chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum())
+    )
     return (
-        torch.tensor(ids, dtype=torch.long, device=device),
-        torch.tensor(mask, dtype=torch.long, device=device),
+        torch.as_tensor(ids, device=device),
+        torch.as_tensor(mask, dtype=torch.long, device=device),
     )
 
 
@@ -150,10 +160,18 @@ def classifier_logits_left_padded(
     the longer rows batched with it. Given the same ids as embeddings they read every row at the
     last position, which is what left padding makes right.
     """
+    attention_mask = attention_mask.long()
+    if lean_gpt2.supports_classifier(model) and bool(attention_mask[:, -1].all()):
+        # The same ops as Hugging Face's forward below, without its per-call overhead; only the
+        # last position, where every row is read, goes through the score head. A row that is
+        # all padding (real tokens never end on the left) takes Hugging Face's path.
+        _, hidden = lean_gpt2.lean_forward(
+            model, input_ids, attention_mask, position_ids_from_mask(attention_mask), head=False
+        )
+        return model.score(hidden[:, -1])
     embed = model.get_input_embeddings()
     if embed is None:  # no embedding table to look ids up in: the model's own pooling
         return forward_left_padded(model, input_ids, attention_mask).logits
-    attention_mask = attention_mask.long()
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "will not detect padding tokens" note: intended here
     try:
