@@ -27,6 +27,7 @@ from textenv.env.config import EnvConfig, check_real
 from textenv.env.kl import K3_MAX_LOG_RATIO, kl_estimate, make_kl_controller, report_missing_logprob
 from textenv.env.prompts import Prompt, PromptEncoder, check_prompt_text, load_prompts
 from textenv.lm.models import load_frozen_causal_lm, load_tokenizer
+from textenv.lm.padding import left_pad
 from textenv.lm.sampling import (
     IncrementalLM,
     SamplingConfig,
@@ -160,12 +161,14 @@ class EpisodeBatch:
 
     def start(self, rows: np.ndarray, prompts: list[Prompt]) -> None:
         """Begin new episodes on ``rows`` with the given prompts."""
+        if len(rows):
+            # All rows' prompts in one left-padded block (no per-row numpy writes).
+            ids, mask = left_pad([self._encode(p) for p in prompts], self.pad_id)
+            self.obs_ids[rows] = self.pad_id
+            self.obs_mask[rows] = 0
+            self.obs_ids[rows, self.P - ids.shape[1] : self.P] = ids.numpy()
+            self.obs_mask[rows, self.P - ids.shape[1] : self.P] = mask.numpy()
         for row, prompt in zip(rows, prompts):
-            ids = self._encode(prompt)
-            self.obs_ids[row] = self.pad_id
-            self.obs_mask[row] = 0
-            self.obs_ids[row, self.P - len(ids) : self.P] = ids
-            self.obs_mask[row, self.P - len(ids) : self.P] = 1
             self.row_prompt[row] = prompt
         self.n_gen[rows] = 0
         self.logp[rows] = np.nan
@@ -231,24 +234,34 @@ class EpisodeBatch:
         truncated = np.zeros(B, dtype=bool)
         if len(rows) == 0:
             return rewards, terminated, truncated, None
+        # Every row stepping (rows is then 0..B-1: a lockstep batch, and the single env): basic
+        # slices instead of row selections, which cost more per numpy call than the rows' work.
+        sel = slice(None) if len(rows) == B else rows
         t = self.n_gen[rows]
-        tokens = actions[rows]
+        tokens = actions[sel]
+        lp = logprobs[sel]
         if self.incremental:
-            step_ref = self._advance_reference(actions, rows)  # before the tokens enter the obs
-            self.step_ref[rows, t] = step_ref[rows]
+            # before the tokens enter the obs
+            step_ref = self._advance_reference(actions, rows)[sel]
+            self.step_ref[rows, t] = step_ref
             if self.config.kl_reward == "per_token":
-                lp = np.where(np.isnan(logprobs[rows]), step_ref[rows], logprobs[rows])
                 k = kl_estimate(
-                    lp, step_ref[rows], self.config.kl_estimator, max_log_ratio=K3_MAX_LOG_RATIO
+                    np.where(np.isnan(lp), step_ref, lp),
+                    step_ref,
+                    self.config.kl_estimator,
+                    max_log_ratio=K3_MAX_LOG_RATIO,
                 )
-                rewards[rows] = -self.controller.value * k
-        self.obs_ids[rows, self.P + t] = tokens
-        self.obs_mask[rows, self.P + t] = 1
-        self.logp[rows, t] = logprobs[rows]
-        self.n_gen[rows] += 1
-        terminated[rows] = tokens == self.eos_id
-        truncated[rows] = (self.n_gen[rows] >= self.N) & ~terminated[rows]
-        done_rows = rows[terminated[rows] | truncated[rows]]
+                rewards[sel] = -self.controller.value * k
+        col = self.P + t
+        self.obs_ids[rows, col] = tokens
+        self.obs_mask[rows, col] = 1
+        self.logp[rows, t] = lp
+        self.n_gen[sel] += 1
+        term = tokens == self.eos_id
+        trunc = (self.n_gen[sel] >= self.N) & ~term
+        terminated[sel] = term
+        truncated[sel] = trunc
+        done_rows = rows[term | trunc]
         finished = None
         if len(done_rows):
             try:
@@ -256,8 +269,8 @@ class EpisodeBatch:
             except BaseException:
                 # A raising reward function must not leave half a step behind: take the tokens
                 # back so the same step can be retried (or the rows reset).
-                self.obs_ids[rows, self.P + t] = self.pad_id
-                self.obs_mask[rows, self.P + t] = 0
+                self.obs_ids[rows, col] = self.pad_id
+                self.obs_mask[rows, col] = 0
                 self.logp[rows, t] = np.nan
                 self.step_ref[rows, t] = np.nan
                 self.n_gen[rows] -= 1
@@ -370,8 +383,16 @@ class EpisodeBatch:
         keep = (self.obs_mask[rows, self.P : self.P + width] == 1) & ~np.isin(
             gen, self._special_ids
         )
-        prompts = [ids[real].tolist() for ids, real in zip(prompt_ids, prompt_real)]
-        completions = [ids[k].tolist() for ids, k in zip(gen, keep)]
+        # A whole block in one tolist() when it drops nothing (full prompts; completions of one
+        # length without special tokens: a lockstep batch), else row by row.
+        if prompt_real.all():
+            prompts = prompt_ids.tolist()
+        else:
+            prompts = [ids[real].tolist() for ids, real in zip(prompt_ids, prompt_real)]
+        if keep.all():
+            completions = gen.tolist()
+        else:
+            completions = [ids[k].tolist() for ids, k in zip(gen, keep)]
         return prompts, completions
 
     def _final_reward(self, fin: Finished) -> np.ndarray:

@@ -186,15 +186,18 @@ class TextGenVectorEnv(EpisodeBatchAccess, VectorEnv):
         else:
             stepped_mask = core.active.copy()  # apply() clears the rows that finish
         stepped = stepped_mask.nonzero()[0]  # (np.flatnonzero's wrapper costs 5x as much)
+        every = len(stepped) == B  # a lockstep step: whole arrays, no row selections below
         if pending is None:
             logprobs = np.full(B, np.nan)
             missing = np.ones(B, dtype=bool)
-            if len(stepped):
+            stepped_missing = len(stepped) > 0
+            if stepped_missing:
                 core.warn_no_logprob()  # raises under kl_logprob="require"
         else:
             logprobs = pending
             missing = np.isnan(logprobs)
-            if missing[stepped].any():
+            stepped_missing = bool(missing.any() if every else missing[stepped].any())
+            if stepped_missing:
                 core.warn_no_logprob()
         # A raising reward function leaves nothing changed (the core undoes the step, the log π
         # stays pending, the rows to autoreset are reset only after): the step can be retried.
@@ -207,8 +210,10 @@ class TextGenVectorEnv(EpisodeBatchAccess, VectorEnv):
         self._needs_reset |= terminated | truncated
 
         source = self._agent_source.copy()
-        source[missing] = "none"
-        source[~stepped_mask] = ""
+        if stepped_missing:  # (else only rows not stepped miss one, and they read "" below)
+            source[missing] = "none"
+        if not every:
+            source[~stepped_mask] = ""
         info: dict[str, Any] = {"logprob_source": source, "_logprob_source": stepped_mask}
         if finished is not None:
             info.update(self._final_info(finished))
