@@ -27,7 +27,7 @@ from textenv.env.config import EnvConfig, check_real
 from textenv.env.kl import K3_MAX_LOG_RATIO, kl_estimate, make_kl_controller, report_missing_logprob
 from textenv.env.prompts import Prompt, PromptEncoder, check_prompt_text, load_prompts
 from textenv.lm.models import load_frozen_causal_lm, load_tokenizer
-from textenv.lm.padding import left_pad
+from textenv.lm.padding import left_pad_arrays
 from textenv.lm.sampling import (
     IncrementalLM,
     SamplingConfig,
@@ -163,11 +163,11 @@ class EpisodeBatch:
         """Begin new episodes on ``rows`` with the given prompts."""
         if len(rows):
             # All rows' prompts in one left-padded block (no per-row numpy writes).
-            ids, mask = left_pad([self._encode(p) for p in prompts], self.pad_id)
+            ids, mask = left_pad_arrays([self._encode(p) for p in prompts], self.pad_id)
             self.obs_ids[rows] = self.pad_id
             self.obs_mask[rows] = 0
-            self.obs_ids[rows, self.P - ids.shape[1] : self.P] = ids.numpy()
-            self.obs_mask[rows, self.P - ids.shape[1] : self.P] = mask.numpy()
+            self.obs_ids[rows, self.P - ids.shape[1] : self.P] = ids
+            self.obs_mask[rows, self.P - ids.shape[1] : self.P] = mask
         for row, prompt in zip(rows, prompts):
             self.row_prompt[row] = prompt
         self.n_gen[rows] = 0

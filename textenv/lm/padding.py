@@ -24,6 +24,7 @@ __all__ = [
     "adds_bos",
     "position_ids_from_mask",
     "left_pad",
+    "left_pad_arrays",
     "encode_texts",
     "left_pad_encode",
     "forward_left_padded",
@@ -44,8 +45,18 @@ def left_pad(
     give it one)."""
     if not rows:
         raise ValueError("left_pad needs at least one row")
+    ids, mask = left_pad_arrays(rows, pad_id)
+    return (
+        torch.as_tensor(ids, device=device),
+        torch.as_tensor(mask, dtype=torch.long, device=device),
+    )
+
+
+def left_pad_arrays(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`left_pad` as numpy arrays: int64 ids and a bool mask (what the env writes into
+    its observation arrays without a round trip through torch)."""
     lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-    width = int(lengths.max())
+    width = int(lengths.max()) if len(rows) else 0
     # One vectorised fill (row-major order is each row's tokens in turn) instead of Python lists
     # per row: the env scores every finished batch through here.
     mask = np.arange(width) >= (width - lengths)[:, None]
@@ -53,10 +64,7 @@ def left_pad(
     ids[mask] = np.fromiter(
         itertools.chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum())
     )
-    return (
-        torch.as_tensor(ids, device=device),
-        torch.as_tensor(mask, dtype=torch.long, device=device),
-    )
+    return ids, mask
 
 
 def adds_bos(tokenizer: Any) -> bool:
