@@ -6,6 +6,7 @@ no, so the same call goes through Hugging Face (that is the fallback path, teste
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from transformers import (
@@ -18,7 +19,7 @@ from transformers import (
 
 from textenv.lm import lean_gpt2
 from textenv.lm.models import load_causal_lm
-from textenv.lm.padding import classifier_logits_left_padded, left_pad
+from textenv.lm.padding import classifier_logits_left_padded, left_pad, left_pad_arrays
 from textenv.lm.sampling import (
     IncrementalLM,
     SamplingConfig,
@@ -266,5 +267,8 @@ def test_left_pad_layout():
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 0, 0], [0, 1, 1]]
     assert ids.dtype == mask.dtype == torch.long
     assert left_pad([[], []], 0)[0].shape == (2, 0)
+    arr_ids, arr_mask = left_pad_arrays([[1, 2, 3], [4], [], (7, 8)], 9)  # the numpy half
+    assert arr_ids.dtype == np.int64 and arr_mask.dtype == bool
+    assert arr_ids.tolist() == ids.tolist() and arr_mask.tolist() == mask.bool().tolist()
     with pytest.raises(ValueError, match="at least one row"):
         left_pad([], 0)
