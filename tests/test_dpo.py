@@ -29,13 +29,12 @@ import random
 import numpy as np
 import pytest
 import torch
-from tokenizers import processors
-from transformers import PreTrainedTokenizerFast
+from bos_tokenizer import bos_byte_tokenizer
 
 from agents import ALGORITHMS, DPO, DPOConfig
 from agents.dpo import _accuracy, dpo_loss, encode_pairs
 from textenv.env.config import DEFAULT_PROMPTS
-from textenv.lm.models import byte_tokenizer, load_tokenizer
+from textenv.lm.models import load_tokenizer
 from textenv.preferences import PreferencePair, SimulatedLabeller, sample_completions, write_jsonl
 from textenv.tasks.tiny import gold_score
 
@@ -189,14 +188,7 @@ def test_pairs_encoded_as_episodes_by_hand():
 def test_completions_get_no_special_tokens_and_every_cut_is_counted():
     """With a tokenizer that puts BOS (256) in front of a text, the prompt keeps it (as the env's
     prompts do) and the completions, which continue the prompt, get none."""
-    backend = byte_tokenizer().backend_tokenizer
-    backend.post_processor = processors.TemplateProcessing(
-        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", 256)]
-    )
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="<|endoftext|>", bos_token="<|endoftext|>"
-    )
-    tok.pad_token = tok.eos_token
+    tok = bos_byte_tokenizer()
     bos = eos = pad = 256
     pairs = [PreferencePair("ab", "wxyz", "uvwxyz"), PreferencePair("c", "q", "rstu")]
     data = encode_pairs(pairs, tok, 4, 3)

@@ -14,10 +14,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from tokenizers import processors
-from transformers import PreTrainedTokenizerFast
+from bos_tokenizer import bos_byte_tokenizer
 
-from textenv.lm.models import byte_tokenizer, load_sequence_classifier, load_tokenizer
+from textenv.lm.models import load_sequence_classifier, load_tokenizer
 from textenv.rewards import (
     REWARD_SIGNATURE,
     RewardModelError,
@@ -50,22 +49,6 @@ def _raw_score(model: torch.nn.Module, ids: list[int]) -> float:
     with torch.no_grad():
         hidden = model.transformer(input_ids=torch.tensor([ids])).last_hidden_state
         return float(model.score(hidden[0, -1])[0])
-
-
-def _bos_tokenizer() -> PreTrainedTokenizerFast:
-    """The byte tokenizer with a post-processor that puts EOS/BOS (256) in front of every text."""
-    backend = byte_tokenizer().backend_tokenizer
-    backend.post_processor = processors.TemplateProcessing(
-        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", 256)]
-    )
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="<|endoftext|>", bos_token="<|endoftext|>"
-    )
-    tok.pad_token = tok.eos_token
-    return tok
-
-
-# --------------------------------------------------------------------------- the wrapper
 
 
 def test_scores_are_the_models_logit_of_prompt_plus_completion_normalised():
@@ -166,9 +149,9 @@ def test_reads_token_ids_only_of_its_own_tokenizer_without_special_tokens():
     model = _rm_copy()
     rm = SequenceClassifierReward(model, load_tokenizer(RM))
     assert rm.reads_token_ids(load_tokenizer("tiny"))  # the same byte tokenizer
-    assert not rm.reads_token_ids(_bos_tokenizer())  # another tokenizer
+    assert not rm.reads_token_ids(bos_byte_tokenizer())  # another tokenizer
     # Its own tokenizer adds a BOS to every text: bare ids would lack it.
-    bos = _bos_tokenizer()
+    bos = bos_byte_tokenizer()
     assert not SequenceClassifierReward(model, bos).reads_token_ids(bos)
 
 

@@ -16,8 +16,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from tokenizers import processors
-from transformers import PreTrainedTokenizerFast
+from bos_tokenizer import bos_byte_tokenizer
 
 from textenv.env.config import EnvConfig
 from textenv.env.kl import LogProbMissingError
@@ -437,19 +436,8 @@ def test_prompt_token_cache_is_bounded_in_bytes():
     assert encoder("x" * 10**6) == [ord("x")] * 8  # too big to cache, still encoded
 
 
-def _bos_tokenizer() -> PreTrainedTokenizerFast:
-    tok = byte_tokenizer()
-    backend = tok.backend_tokenizer
-    backend.post_processor = processors.TemplateProcessing(
-        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", 256)]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="<|endoftext|>", bos_token="<|endoftext|>"
-    )
-
-
 def test_prompts_keep_a_tokenizer_bos():
-    tok = _bos_tokenizer()
+    tok = bos_byte_tokenizer()
     assert tok("ab")["input_ids"] == [256, 97, 98]
     encoder = PromptEncoder(tok, max_tokens=4)
     assert encoder("ab") == [256, 97, 98]
@@ -460,7 +448,7 @@ def test_prompts_keep_a_tokenizer_bos():
 
 def test_the_one_encoder_keeps_bos_for_every_caller():
     """Sampling completions to label and the env encode prompts alike (one encoder)."""
-    tok = _bos_tokenizer()
+    tok = bos_byte_tokenizer()
     ids, mask = left_pad_encode(tok, ["ab", "abcdef"], 4)
     assert ids.tolist() == [[256, 256, 97, 98], [256, 100, 101, 102]]
     assert mask.tolist() == [[0, 1, 1, 1], [1, 1, 1, 1]]
