@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from textenv.env.kl import LogProbMissingError, check_logprob, check_logprobs
 from textenv.env.single import TextGenEnv
-from textenv.env.vector import TextGenVectorEnv, _row_rng
+from textenv.env.vector import TextGenVectorEnv
 
 B = 4
 KW = {
@@ -203,12 +203,6 @@ def test_vector_reset_info_rows_are_the_single_envs_reset_info():
         assert list(one) == [k for k in info if not k.startswith("_")]
         for key, value in one.items():
             assert type(value) in (str, int, type(None)) and info[key][i] == value
-
-
-def test_row_rngs_are_gymnasiums_seeded_generators():
-    for seed in (0, 1, 12345, 2**40 + 7):
-        ours, theirs = _row_rng(seed), seeding.np_random(seed)[0]
-        assert ours.integers(1000, size=20).tolist() == theirs.integers(1000, size=20).tolist()
 
 
 SMALL = {"reference": "tiny", "reward": "tiny-rm", "max_prompt_tokens": 6, "max_new_tokens": 5}

@@ -27,7 +27,7 @@ from textenv.env.config import EnvConfig, check_real
 from textenv.env.kl import K3_MAX_LOG_RATIO, kl_estimate, make_kl_controller, report_missing_logprob
 from textenv.env.prompts import Prompt, PromptEncoder, check_prompt_text, load_prompts
 from textenv.lm.models import load_frozen_causal_lm, load_tokenizer
-from textenv.lm.padding import left_pad_arrays
+from textenv.lm.padding import decode_rows, left_pad_arrays
 from textenv.lm.sampling import (
     IncrementalLM,
     SamplingConfig,
@@ -125,6 +125,9 @@ class EpisodeBatch:
         self.logp = np.full((B, N), np.nan)
         self.step_ref = np.full((B, N), np.nan)
         self.active = np.zeros(B, dtype=bool)  # started and not finished
+        # The step every row is at while all rows started together and none has finished (a
+        # lockstep batch, and the single env); None otherwise. apply() then writes one column.
+        self.lockstep_t: int | None = None
         self.row_prompt: list[Prompt | None] = [None] * B
         self._ref_lm: IncrementalLM | None = None
         self._ref_next: torch.Tensor | None = None  # (B, V) reference logits for the next token
@@ -174,6 +177,7 @@ class EpisodeBatch:
         self.logp[rows] = np.nan
         self.step_ref[rows] = np.nan
         self.active[rows] = True
+        self.lockstep_t = 0 if len(rows) == self.batch_size else None
         self._ref_dirty = True
 
     def observation(self, rows: np.ndarray | slice = slice(None)) -> dict[str, np.ndarray]:
@@ -230,20 +234,23 @@ class EpisodeBatch:
         """
         B = self.batch_size
         rewards = np.zeros(B)
-        terminated = np.zeros(B, dtype=bool)
-        truncated = np.zeros(B, dtype=bool)
         if len(rows) == 0:
-            return rewards, terminated, truncated, None
-        # Every row stepping (rows is then 0..B-1: a lockstep batch, and the single env): basic
-        # slices instead of row selections, which cost more per numpy call than the rows' work.
-        sel = slice(None) if len(rows) == B else rows
-        t = self.n_gen[rows]
-        tokens = actions[sel]
-        lp = logprobs[sel]
+            return rewards, np.zeros(B, dtype=bool), np.zeros(B, dtype=bool), None
+        lockstep_t = self.lockstep_t if len(rows) == B else None
+        if lockstep_t is not None:
+            # Every row at the same step: one column of whole-array writes, and the step's flags
+            # from the token alone (a per-call cost, not a per-row one, dominates at B = 64).
+            idx = sel = slice(None)
+            t, tokens, lp = lockstep_t, actions, logprobs
+        else:
+            # Rows at different steps: row selections (basic slices when every row steps).
+            idx, t = rows, self.n_gen[rows]
+            sel = slice(None) if len(rows) == B else rows
+            tokens, lp = actions[sel], logprobs[sel]
         if self.incremental:
             # before the tokens enter the obs
             step_ref = self._advance_reference(actions, rows)[sel]
-            self.step_ref[rows, t] = step_ref
+            self.step_ref[idx, t] = step_ref
             if self.config.kl_reward == "per_token":
                 k = kl_estimate(
                     np.where(np.isnan(lp), step_ref, lp),
@@ -253,15 +260,29 @@ class EpisodeBatch:
                 )
                 rewards[sel] = -self.controller.value * k
         col = self.P + t
-        self.obs_ids[rows, col] = tokens
-        self.obs_mask[rows, col] = 1
-        self.logp[rows, t] = lp
+        self.obs_ids[idx, col] = tokens
+        self.obs_mask[idx, col] = 1
+        self.logp[idx, t] = lp
         self.n_gen[sel] += 1
         term = tokens == self.eos_id
-        trunc = (self.n_gen[sel] >= self.N) & ~term
-        terminated[sel] = term
-        truncated[sel] = trunc
-        done_rows = rows[term | trunc]
+        if lockstep_t is not None:
+            terminated = term
+            if lockstep_t + 1 < self.N:
+                truncated = np.zeros(B, dtype=bool)
+                if not term.any():
+                    self.lockstep_t = lockstep_t + 1
+                    return rewards, terminated, truncated, None
+                done_rows = rows[term]
+            else:  # the last step: every row ends, by EOS or truncation
+                truncated, done_rows = ~term, rows
+            self.lockstep_t = None  # the finished rows leave the batch
+        else:
+            terminated = np.zeros(B, dtype=bool)
+            truncated = np.zeros(B, dtype=bool)
+            trunc = (self.n_gen[sel] >= self.N) & ~term
+            terminated[sel] = term
+            truncated[sel] = trunc
+            done_rows = rows[term | trunc]
         finished = None
         if len(done_rows):
             try:
@@ -269,11 +290,12 @@ class EpisodeBatch:
             except BaseException:
                 # A raising reward function must not leave half a step behind: take the tokens
                 # back so the same step can be retried (or the rows reset).
-                self.obs_ids[rows, col] = self.pad_id
-                self.obs_mask[rows, col] = 0
-                self.logp[rows, t] = np.nan
-                self.step_ref[rows, t] = np.nan
-                self.n_gen[rows] -= 1
+                self.obs_ids[idx, col] = self.pad_id
+                self.obs_mask[idx, col] = 0
+                self.logp[idx, t] = np.nan
+                self.step_ref[idx, t] = np.nan
+                self.n_gen[idx] -= 1
+                self.lockstep_t = lockstep_t
                 self._ref_dirty = True  # the KV-cached reference already took the tokens
                 raise
             rewards[done_rows] += self._final_reward(finished)
@@ -318,10 +340,8 @@ class EpisodeBatch:
         kl = np.nansum(k, axis=1)
         prompts = [self.row_prompt[r].text for r in rows]
         metadata = [dict(self.row_prompt[r].metadata) for r in rows]
-        texts = []
-        for r, n in zip(rows, n_tok):
-            ids = self.obs_ids[r, self.P : self.P + n]
-            texts.append(self.tokenizer.decode(ids, skip_special_tokens=True))
+        block = self.obs_ids[rows, self.P : self.P + width].tolist()
+        texts = decode_rows(self.tokenizer, [ids[:n] for ids, n in zip(block, n_tok.tolist())])
         token_rows = (
             self._token_rows(rows, n_tok) if self.reward_reads_ids or self.gold_reads_ids else None
         )

@@ -12,15 +12,10 @@ from gymnasium.vector.utils import batch_space
 from textenv.env.config import EnvConfig
 from textenv.env.core import EpisodeBatch, EpisodeBatchAccess, Finished
 from textenv.env.kl import LOGPROB_MIN, LOGPROB_SLACK, check_logprobs
+from textenv.env.row_seeds import seed_generators
 from textenv.env.single import check_options, check_seed, reset_info_columns
 
 __all__ = ["TextGenVectorEnv"]
-
-
-def _row_rng(seed: int) -> np.random.Generator:
-    """``gymnasium.utils.seeding.np_random(seed)[0]`` (the same stream) without its type checks,
-    which :func:`check_seed` already made: B rows reseed on every seeded reset."""
-    return np.random.Generator(np.random.PCG64(seed))
 
 
 class TextGenVectorEnv(EpisodeBatchAccess, VectorEnv):
@@ -83,6 +78,8 @@ class TextGenVectorEnv(EpisodeBatchAccess, VectorEnv):
         self.action_space = batch_space(self.single_action_space, num_envs)
         self._rngs = [seeding.np_random(None)[0] for _ in range(num_envs)]
         self._pending: np.ndarray | None = None
+        self._pending_complete = False  # the pending log π has no NaN (a row without one)
+        self._all_rows = np.arange(num_envs)
         self._needs_reset = np.zeros(num_envs, dtype=bool)
         self._started = False
         # info["logprob_source"] starts from a copy of this each step (cheaper than building it).
@@ -104,14 +101,24 @@ class TextGenVectorEnv(EpisodeBatchAccess, VectorEnv):
             and logprobs.shape == (self.num_envs,)
         ):
             # What a sampler hands over every step: check_logprobs's rule in two reductions
-            # (NaN-skipping min and max; ±inf fail them) and its result (float64, capped at 0).
+            # and its result (float64, capped at 0). NaN-propagating min and max pass only
+            # finite values in range (NaN and ±inf fail the comparison): no row lacks log π.
             values = logprobs.astype(np.float64)
+            high = np.maximum.reduce(values)
+            if LOGPROB_MIN <= np.minimum.reduce(values) and high <= LOGPROB_SLACK:
+                if high >= 0.0:  # (also −0.0, which the cap writes as 0.0)
+                    np.minimum(values, 0.0, out=values)
+                self._pending, self._pending_complete = values, True
+                return
+            # Some NaN ("none" for those rows): the same rule on the other rows.
             low, high = np.fmin.reduce(values), np.fmax.reduce(values)
             if not (low < LOGPROB_MIN or high > LOGPROB_SLACK):
                 self._pending = np.minimum(values, 0.0, out=values)
+                self._pending_complete = False
                 return
         # Anything else, and every refusal with its message, goes through the one checker.
         self._pending = check_logprobs(logprobs, self.num_envs)
+        self._pending_complete = False  # (step() looks for NaN rows)
 
     def action_masks(self) -> np.ndarray:
         """Bool ``(B, V)``: the reference's top-k / top-p set per row."""
@@ -129,7 +136,7 @@ class TextGenVectorEnv(EpisodeBatchAccess, VectorEnv):
             else:
                 first = check_seed(seed)
                 seeds = [first + i for i in range(B)]
-            self._rngs = [_row_rng(s) for s in seeds]
+            self._rngs = seed_generators(self._rngs, seeds)
         options = check_options(
             options,
             ("prompts", "reset_mask"),
@@ -179,13 +186,17 @@ class TextGenVectorEnv(EpisodeBatchAccess, VectorEnv):
         pending = self._pending
         # The bookkeeping is paid per numpy call, not per row (at B = 64 a call costs more than
         # its rows' work, more so with the caches cold after a forward): few calls per step.
-        autoreset = self.autoreset_mode == AutoresetMode.NEXT_STEP and self._needs_reset.any()
-        if autoreset:
-            reset_rows = self._needs_reset.nonzero()[0]
-            stepped_mask = ~self._needs_reset  # every row but those being reset
+        if core.lockstep_t is not None:
+            # Every row active at one step (no row waits for an autoreset): nothing to look up.
+            autoreset, stepped, stepped_mask = False, self._all_rows, np.ones(B, dtype=bool)
         else:
-            stepped_mask = core.active.copy()  # apply() clears the rows that finish
-        stepped = stepped_mask.nonzero()[0]  # (np.flatnonzero's wrapper costs 5x as much)
+            autoreset = self.autoreset_mode == AutoresetMode.NEXT_STEP and self._needs_reset.any()
+            if autoreset:
+                reset_rows = self._needs_reset.nonzero()[0]
+                stepped_mask = ~self._needs_reset  # every row but those being reset
+            else:
+                stepped_mask = core.active.copy()  # apply() clears the rows that finish
+            stepped = stepped_mask.nonzero()[0]  # (np.flatnonzero's wrapper costs 5x as much)
         every = len(stepped) == B  # a lockstep step: whole arrays, no row selections below
         if pending is None:
             logprobs = np.full(B, np.nan)
@@ -193,6 +204,8 @@ class TextGenVectorEnv(EpisodeBatchAccess, VectorEnv):
             stepped_missing = len(stepped) > 0
             if stepped_missing:
                 core.warn_no_logprob()  # raises under kl_logprob="require"
+        elif self._pending_complete:
+            logprobs, stepped_missing = pending, False
         else:
             logprobs = pending
             missing = np.isnan(logprobs)
@@ -206,8 +219,10 @@ class TextGenVectorEnv(EpisodeBatchAccess, VectorEnv):
         if autoreset:
             core.start(reset_rows, [self._draw_prompt(r) for r in reset_rows])
             self._needs_reset[reset_rows] = False
-        rewards += 0.0  # a −0.0 reward (−β·0 per token) is reported as 0.0
-        self._needs_reset |= terminated | truncated
+        if finished is not None:  # (no row terminated or truncated otherwise)
+            self._needs_reset |= terminated | truncated
+        if finished is not None or core.incremental:  # (else all rewards are +0.0)
+            rewards += 0.0  # a −0.0 reward (−β·0 per token) is reported as 0.0
 
         source = self._agent_source.copy()
         if stepped_missing:  # (else only rows not stepped miss one, and they read "" below)
@@ -235,6 +250,10 @@ class TextGenVectorEnv(EpisodeBatchAccess, VectorEnv):
         if arr.dtype.kind not in "iu":
             raise TypeError(f"actions must be integer token ids, got dtype {arr.dtype}")
         V = self.core.vocab_size
+        # int64 (a sampler's ids): one reduction for both bounds, as a negative id viewed as
+        # unsigned is above any vocabulary; used as given (the env copies what it keeps).
+        if arr.dtype == np.int64 and np.maximum.reduce(arr.view(np.uint64)) < V:
+            return arr
         if arr.min() < 0 or arr.max() >= V:
             bad = (arr < 0) | (arr >= V)
             i = int(np.flatnonzero(bad)[0])

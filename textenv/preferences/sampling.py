@@ -8,7 +8,7 @@ import torch
 
 from textenv.env.prompts import Prompt, load_prompts
 from textenv.lm.models import load_causal_lm, load_tokenizer
-from textenv.lm.padding import left_pad_encode
+from textenv.lm.padding import decode_rows, left_pad_encode
 from textenv.lm.sampling import SamplingConfig, generate
 from textenv.preferences.records import Ranking
 from textenv.progress import progress as show_progress
@@ -83,8 +83,9 @@ def sample_completions(
             pad_token_id=pad,
             generator=generator,
         )
-        for tok, m in zip(out.tokens.cpu(), out.mask.cpu()):
-            texts.append(tokenizer.decode(tok[m].tolist(), skip_special_tokens=True))
+        texts += decode_rows(
+            tokenizer, [tok[m].tolist() for tok, m in zip(out.tokens.cpu(), out.mask.cpu())]
+        )
         if bar is not None:
             bar.update(len(chunk))
     if bar is not None:
