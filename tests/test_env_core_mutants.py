@@ -349,10 +349,21 @@ def test_a_reference_without_n_positions_is_not_limited(tmp_path):
     )  # fmt: skip
     LlamaForCausalLM(config).save_pretrained(tmp_path)
     load_tokenizer("tiny").save_pretrained(tmp_path)
-    env = TextGenEnv(**{**KW, "reference": str(tmp_path), "reward": TextReward()})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # within its 64 trained positions: no warning
+        env = TextGenEnv(**{**KW, "reference": str(tmp_path), "reward": TextReward()})
     assert not hasattr(env.core.reference.config, "n_positions")
     *_, truncated, info = play(env, TOKENS, LOGPI)
     assert truncated and info["rm_score"] == 0.5 and np.isfinite(info["kl"])
+    # Past them a rotary model still runs, with a warning that names the limit.
+    longer = {**KW, "reference": str(tmp_path), "reward": TextReward()}  # 4 new tokens
+    with pytest.warns(UserWarning, match=r"= 65 exceeds the 64 positions the reference model was"):
+        env = TextGenEnv(**{**longer, "max_prompt_tokens": 61})
+    *_, truncated, info = play(env, TOKENS, LOGPI)
+    assert truncated and np.isfinite(info["kl"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TextGenEnv(**{**longer, "max_prompt_tokens": 60})  # 64: fits exactly
 
 
 def test_the_dtype_reaches_the_reference_and_the_reward_model():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,6 +111,16 @@ class EpisodeBatch:
             raise ValueError(
                 f"max_prompt_tokens + max_new_tokens = {self.L} exceeds the reference model's "
                 f"{self.reference.config.n_positions} positions"
+            )
+        trained = getattr(self.reference.config, "max_position_embeddings", None)
+        if not hasattr(self.reference.config, "n_positions") and self.L > (trained or self.L):
+            # Rotary (Llama-style) models run past the length they were trained on, but their
+            # log-probs there, which anchor the KL term, are out of distribution.
+            warnings.warn(
+                f"max_prompt_tokens + max_new_tokens = {self.L} exceeds the {trained} positions "
+                f"the reference model was trained on (max_position_embeddings): its log-probs "
+                f"past them are unreliable",
+                stacklevel=3,
             )
         self.incremental = config.kl_reward == "per_token" or config.uses_action_mask
         self._mask_sampling = SamplingConfig(
