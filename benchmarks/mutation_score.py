@@ -66,7 +66,13 @@ SETS: dict[str, dict[str, list[str]]] = {
     },
     "core": {
         "modules": ["textenv/env/core.py"],
-        "tests": ["tests/test_env_edges.py", "tests/test_env.py", "tests/test_env_core_mutants.py"],
+        "tests": [
+            "tests/test_env_edges.py",
+            "tests/test_env.py",
+            "tests/test_env_core_mutants.py",
+            "tests/test_env_lockstep.py",
+            "tests/test_vector_bookkeeping.py",
+        ],
     },
     "rewards": {
         "modules": ["textenv/rewards/base.py"],
