@@ -36,6 +36,13 @@ and the last step (which holds the reference and RM passes); CPU ms per rollout,
 ``--repeats`` (at least 20), printed and written to ``results/throughput_env_only.json`` (or
 ``--out``). Run it with ``PYTHONPATH`` pointing at another checkout to compare code versions.
 
+``--in-loop`` asks where (b)'s time between the policy's steps goes (wall clock, medians of
+``--repeats``, at least 10; the last step, with the model passes, is left out): the env's calls
+(``set_action_logprobs`` + ``step``) right after the policy's work, the same calls straight after
+on a twin env (their cost with warm caches), and the policy's own time per rollout without and
+with the env's calls between its steps (how much slower it runs after them). Written to
+``results/throughput_in_loop.json`` (or ``--out``).
+
 ``--scaling`` runs variant (b) over B ∈ {16, 64, 256} × new tokens ∈ {16, 32, 64, 128} and records
 tokens/s, seconds per generated token and the peak resident memory of each rollout (the kernel's
 high-water mark, reset before each config), into ``results/throughput_scaling.{json,png}``.
@@ -370,6 +377,86 @@ def env_only(batch: int, repeats: int, out: Path) -> dict:
     return result
 
 
+def in_loop(batch: int, repeats: int, out: Path) -> dict:
+    """Where (b)'s extra time per step goes: the env's calls right after the policy's work
+    against the same calls straight after on a twin env, and the policy's own time per rollout
+    with and without the env's calls between its steps (wall clock, medians; see the module
+    docstring)."""
+    gen = torch.Generator().manual_seed(0)
+    policy = load_causal_lm(POLICY)
+    cfg = SamplingConfig()
+    env, twin = (
+        gym.make_vec(
+            "textenv/TextGen-v0",
+            num_envs=batch,
+            vectorization_mode="vector_entry_point",
+            autoreset_mode=gym.vector.AutoresetMode.DISABLED,
+            **env_kwargs(),
+        )
+        for _ in range(2)
+    )
+    clock = time.perf_counter
+
+    def rollout(envs: list) -> tuple[float, float, float]:
+        """One rollout of N - 1 steps driving ``envs`` in turn after each policy step: seconds
+        in the policy's work, in the first env's calls and in the second's."""
+        for e in envs:
+            e.reset(seed=int(torch.randint(0, 10**6, (1,), generator=gen)))
+        ids, mask = make_prompts(batch, gen)
+        lm = IncrementalLM(policy)
+        policy_s, env_s = 0.0, [0.0, 0.0]
+        start = clock()
+        logits = lm.prefill(ids, mask)
+        for _ in range(N - 1):  # the last step (reference and RM passes) is not timed here
+            tokens, logprobs = sample_tokens(next_token_logprobs(no_eos(logits), cfg), gen)
+            mid = clock()
+            policy_s += mid - start
+            for i, e in enumerate(envs):
+                e.unwrapped.set_action_logprobs(logprobs.numpy())
+                e.step(tokens.numpy())
+                now = clock()
+                env_s[i] += now - mid
+                mid = now
+            start = clock()
+            logits = lm.step(tokens)
+        return policy_s, env_s[0], env_s[1]
+
+    parts: dict[str, list[float]] = {
+        "policy_ms_without_env": [],
+        "policy_ms_with_env": [],
+        "env_us_per_step_after_policy": [],
+        "env_us_per_step_after_env": [],
+    }
+    for rep in range(max(repeats, 10) + 2):
+        alone = rollout([])[0]
+        with_env = rollout([env])[0]
+        _, cold, warm = rollout([env, twin])
+        if rep >= 2:  # warm-up
+            parts["policy_ms_without_env"].append(1e3 * alone)
+            parts["policy_ms_with_env"].append(1e3 * with_env)
+            parts["env_us_per_step_after_policy"].append(1e6 * cold / (N - 1))
+            parts["env_us_per_step_after_env"].append(1e6 * warm / (N - 1))
+    medians = {key: statistics.median(values) for key, values in parts.items()}
+    result = {
+        "batch": batch,
+        "steps_timed": N - 1,
+        "threads": torch.get_num_threads(),
+        "medians": medians,
+        "runs": parts,
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    print(
+        f"B={batch}: policy {medians['policy_ms_without_env']:.2f} ms per rollout alone, "
+        f"{medians['policy_ms_with_env']:.2f} with the env between its steps; the env's calls "
+        f"{medians['env_us_per_step_after_policy']:.1f} us a step after the policy, "
+        f"{medians['env_us_per_step_after_env']:.1f} straight after the same calls",
+        flush=True,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    return result
+
+
 def peak_rss_mib(reset: bool = False) -> float:
     """This process's resident-memory high-water mark (Linux); ``reset`` starts a new one."""
     if reset:
@@ -479,6 +566,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scaling", action="store_true", help="batch × length curves + memory")
     parser.add_argument("--env-only", action="store_true", help="the env's own time, no policy")
     parser.add_argument(
+        "--in-loop", action="store_true", help="the env's calls between the policy's steps"
+    )
+    parser.add_argument(
         "--clock",
         choices=sorted(CLOCKS),
         default="wall",
@@ -494,6 +584,13 @@ def main(argv: list[str] | None = None) -> int:
             args.out if args.out.name != "throughput.json" else RESULTS / "throughput_env_only.json"
         )
         env_only(args.batch[0], args.repeats, out)
+        return 0
+    if args.in_loop:
+        wait_for_quiet(args.wait_quiet)
+        out = (
+            args.out if args.out.name != "throughput.json" else RESULTS / "throughput_in_loop.json"
+        )
+        in_loop(args.batch[0], args.repeats, out)
         return 0
     if args.scaling:
         wait_for_quiet(args.wait_quiet)

@@ -58,3 +58,18 @@ def test_env_only_mode_times_the_envs_own_work(tmp_path, throughput):
     ms = result["ms_per_rollout"]
     assert set(ms) == {"reset", "logprob_checks", "steps", "last_step"}
     assert all(v > 0 for v in ms.values())
+
+
+def test_in_loop_mode_times_the_envs_calls_between_policy_steps(tmp_path, throughput):
+    out = tmp_path / "in_loop.json"
+    throughput.main(
+        ["--in-loop", "--batch", "2", "--repeats", "1", "--wait-quiet", "0", "--out", str(out)]
+    )
+    result = json.loads(out.read_text())
+    assert result["batch"] == 2 and result["steps_timed"] == 31
+    assert set(result["medians"]) == {
+        "policy_ms_without_env", "policy_ms_with_env",
+        "env_us_per_step_after_policy", "env_us_per_step_after_env",
+    }  # fmt: skip
+    assert all(len(v) == 10 for v in result["runs"].values())  # at least 10 repeats
+    assert all(v > 0 for v in result["medians"].values())
