@@ -2,7 +2,8 @@
 
 A seeded reset gives row ``i`` the stream of ``np.random.Generator(np.random.PCG64(seed + i))``,
 the generator Gymnasium's ``seeding.np_random`` builds for sub-env ``i``. Building one costs about
-9 µs, nearly all of it ``SeedSequence``'s per-object overhead: at B = 64 that was half of a reset.
+9 µs here (``python -m timeit -s "import numpy as np" "np.random.Generator(np.random.PCG64(1))"``),
+nearly all of it ``SeedSequence``'s per-object overhead: at B = 64, the largest part of a reset.
 :func:`seed_generators` computes the same states for all rows together (numpy's ``SeedSequence``
 hash over a ``(4, B)`` uint32 array, PCG64's seeding in Python integers) and sets them on the
 rows' existing generators. tests/test_row_seeds.py pins the states to numpy's own.
