@@ -322,3 +322,22 @@ def test_stats_command(samples, tmp_path, capsys):
         main(["label", "stats", str(tmp_path / "nope.jsonl")])
     with pytest.raises(SystemExit, match="needs --out"):
         main(["label", str(out)])
+
+
+def test_labelling_by_hand_does_not_import_torch(samples, tmp_path):
+    """The terminal front-end and `label stats` start without torch and the models (seconds
+    for a person waiting at the prompt); a gold scorer or sampling would bring them in."""
+    out = tmp_path / "labels.jsonl"
+    code = (
+        "import sys; from textenv.cli import main; "
+        f"rc = main(['label', {str(samples)!r}, '--out', {str(out)!r}, '--mode', 'pairs']); "
+        f"rc = rc or main(['label', 'stats', {str(out)!r}]); "
+        "print('torch imported:', 'torch' in sys.modules); sys.exit(rc)"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], input=b"1\nq\n", capture_output=True, cwd=ROOT, timeout=60
+    )
+    shown = res.stdout.decode()
+    assert res.returncode == 0, shown + res.stderr.decode()
+    assert "question 1 of 12" in shown and "torch imported: False" in shown
+    assert len(read_preferences(out)) == 1

@@ -53,7 +53,6 @@ import numpy as np
 
 from textenv.files import append_line, atomic_write_lines
 from textenv.preferences.records import Ranking, read_rankings
-from textenv.rewards import load_reward, score
 
 __all__ = [
     "MODES",
@@ -565,6 +564,8 @@ def _gold_agreement(
     prompts: dict[tuple[str, str, str], tuple[str, Any]],
     gold: str | Callable[..., Sequence[float]],
 ) -> dict[str, Any]:
+    from textenv.rewards import load_reward, score  # (torch: only with a gold scorer)
+
     scorer = load_reward(gold)
     keys = list(units)
     ps = [prompts[k][0] for k in keys]

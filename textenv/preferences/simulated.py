@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 
 from textenv.preferences.records import TIE_POLICIES, PreferencePair, Ranking, TiePolicy
-from textenv.rewards import load_reward, score
 
 # --------------------------------------------------------------------------- simulated labels
 
@@ -79,6 +78,8 @@ class SimulatedLabeller:
         if tie_tolerance < 0:
             raise ValueError(f"tie_tolerance must be ≥ 0, got {tie_tolerance}")
         if isinstance(gold, str):
+            from textenv.rewards import load_reward  # (torch: not needed to label by hand)
+
             gold = load_reward(gold)
         self.gold = gold
         self.temperature = float(temperature)
@@ -89,6 +90,8 @@ class SimulatedLabeller:
     def scores(
         self, prompts: list[str], completions: list[str], metadata: list[dict] | None = None
     ) -> np.ndarray:
+
+        from textenv.rewards import score
 
         metadata = metadata if metadata is not None else [{} for _ in prompts]
         return score(self.gold, list(prompts), list(completions), metadata, name="gold scorer")
