@@ -366,6 +366,26 @@ def test_a_reference_without_n_positions_is_not_limited(tmp_path):
         TextGenEnv(**{**longer, "max_prompt_tokens": 60})  # 64: fits exactly
 
 
+def test_a_reference_without_positions_runs_without_a_warning(tmp_path):
+    """A state-space reference (Mamba) has neither n_positions nor max_position_embeddings:
+    no limit, no warning, and episodes are scored by it."""
+    from transformers import MambaConfig, MambaForCausalLM
+
+    torch.manual_seed(0)
+    config = MambaConfig(
+        vocab_size=V, hidden_size=16, state_size=4, num_hidden_layers=1, expand=2,
+        conv_kernel=2, bos_token_id=EOS, eos_token_id=EOS, pad_token_id=EOS,
+    )  # fmt: skip
+    assert not hasattr(config, "max_position_embeddings") and not hasattr(config, "n_positions")
+    MambaForCausalLM(config).save_pretrained(tmp_path)
+    load_tokenizer("tiny").save_pretrained(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        env = TextGenEnv(**{**KW, "reference": str(tmp_path), "reward": TextReward()})
+    *_, truncated, info = play(env, TOKENS, LOGPI)
+    assert truncated and np.isfinite(info["kl"]) and np.isfinite(info["ref_logprobs"]).all()
+
+
 def test_the_dtype_reaches_the_reference_and_the_reward_model():
     env = TextGenEnv(**KW, dtype="float64")
     assert next(env.core.reference.parameters()).dtype == torch.float64

@@ -112,10 +112,11 @@ class EpisodeBatch:
                 f"max_prompt_tokens + max_new_tokens = {self.L} exceeds the reference model's "
                 f"{self.reference.config.n_positions} positions"
             )
+        # GPT-2-style configs alias this to n_positions (checked above); rotary (Llama-style)
+        # models run past the length they were trained on, but their log-probs there, which
+        # anchor the KL term, are out of distribution; a state-space model has no such length.
         trained = getattr(self.reference.config, "max_position_embeddings", None)
-        if not hasattr(self.reference.config, "n_positions") and self.L > (trained or self.L):
-            # Rotary (Llama-style) models run past the length they were trained on, but their
-            # log-probs there, which anchor the KL term, are out of distribution.
+        if self.L > (trained or self.L):
             warnings.warn(
                 f"max_prompt_tokens + max_new_tokens = {self.L} exceeds the {trained} positions "
                 f"the reference model was trained on (max_position_embeddings): its log-probs "
