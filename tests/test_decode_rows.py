@@ -3,6 +3,8 @@ the strings ``tokenizer.decode(row, skip_special_tokens=True)`` gives."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -51,7 +53,7 @@ def test_cleaning_up_spaces_is_left_to_hugging_face():
 
 
 def test_a_subclass_decode_is_used():
-    tokenizer = load_tokenizer("tiny")
+    tokenizer = copy.deepcopy(load_tokenizer("tiny"))  # (load_tokenizer's is shared: a copy)
 
     class Shouting(type(tokenizer)):
         def decode(self, token_ids, **kwargs):

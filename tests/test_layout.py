@@ -63,6 +63,13 @@ def test_cycle_finder_finds_a_cycle():
 
 # Modules that need an optional extra are imported where they are used, on purpose.
 OPTIONAL_EXTRAS = {"textenv.preferences.web"}  # pip install "textenv[web]"
+# Modules that bring in torch and the models, imported where they are used by the preference
+# modules, so that labelling by hand starts without them (tests/test_labelling.py checks it).
+DEFERRED_FOR_STARTUP = {
+    "textenv/preferences/__init__.py": {"textenv.preferences.sampling"},
+    "textenv/preferences/session.py": {"textenv.rewards"},
+    "textenv/preferences/simulated.py": {"textenv.rewards"},
+}
 
 
 def _local_package_imports(path: Path) -> list[str]:
@@ -77,10 +84,14 @@ def _local_package_imports(path: Path) -> list[str]:
                 names = [inner.module]
             elif isinstance(inner, ast.Import):
                 names = [a.name for a in inner.names]
+            where = path.relative_to(ROOT).as_posix()
+            deferred = DEFERRED_FOR_STARTUP.get(where, set())
             found += [
-                f"{path.relative_to(ROOT)}:{inner.lineno} {n}"
+                f"{where}:{inner.lineno} {n}"
                 for n in names
-                if n.split(".")[0] in ("textenv", "agents") and n not in OPTIONAL_EXTRAS
+                if n.split(".")[0] in ("textenv", "agents")
+                and n not in OPTIONAL_EXTRAS
+                and n not in deferred
             ]
     return found
 
