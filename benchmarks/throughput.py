@@ -97,6 +97,18 @@ def env_kwargs(new_tokens: int = N) -> dict:
     )
 
 
+def native_envs(batch: int, new_tokens: int = N, **overrides) -> gym.vector.VectorEnv:
+    """The native vector env of variant (b) (lockstep: ``DISABLED`` autoreset), with
+    ``overrides`` on top of :func:`env_kwargs`."""
+    return gym.make_vec(
+        "textenv/TextGen-v0",
+        num_envs=batch,
+        vectorization_mode="vector_entry_point",
+        autoreset_mode=gym.vector.AutoresetMode.DISABLED,
+        **{**env_kwargs(new_tokens), **overrides},
+    )
+
+
 def make_prompts(batch: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     ids = torch.randint(32, 127, (batch, P), generator=gen)
     return ids, torch.ones_like(ids)
@@ -257,27 +269,9 @@ def measure(batch: int, repeats: int, with_singles: bool, clock: str = "wall") -
     policy.generation_config.pad_token_id = EOS
     reference = load_frozen_causal_lm(REFERENCE)
     rm = load_sequence_classifier(REWARD)
-    envs = gym.make_vec(
-        "textenv/TextGen-v0",
-        num_envs=batch,
-        vectorization_mode="vector_entry_point",
-        autoreset_mode=gym.vector.AutoresetMode.DISABLED,
-        **env_kwargs(),
-    )
-    fused_envs = gym.make_vec(
-        "textenv/TextGen-v0",
-        num_envs=batch,
-        vectorization_mode="vector_entry_point",
-        autoreset_mode=gym.vector.AutoresetMode.DISABLED,
-        **dict(env_kwargs(), reward=fused_head_folder()),
-    )
-    text_envs = gym.make_vec(
-        "textenv/TextGen-v0",
-        num_envs=batch,
-        vectorization_mode="vector_entry_point",
-        autoreset_mode=gym.vector.AutoresetMode.DISABLED,
-        **dict(env_kwargs(), reward=text_only(load_reward(REWARD))),
-    )
+    envs = native_envs(batch)
+    fused_envs = native_envs(batch, reward=fused_head_folder())
+    text_envs = native_envs(batch, reward=text_only(load_reward(REWARD)))
     variants: dict[str, Callable[[], object]] = {
         "a_generate": lambda: run_generate(policy, batch, gen),
         "o_model_work": lambda: run_model_work(policy, reference, rm, batch, gen),
@@ -326,13 +320,7 @@ def measure(batch: int, repeats: int, with_singles: bool, clock: str = "wall") -
 def env_only(batch: int, repeats: int, out: Path) -> dict:
     """The env's CPU time per rollout of (b), without the policy (see the module docstring)."""
     gen = torch.Generator().manual_seed(0)
-    envs = gym.make_vec(
-        "textenv/TextGen-v0",
-        num_envs=batch,
-        vectorization_mode="vector_entry_point",
-        autoreset_mode=gym.vector.AutoresetMode.DISABLED,
-        **env_kwargs(),
-    )
+    envs = native_envs(batch)
     tokens = torch.randint(32, 127, (N, batch), generator=gen).numpy()  # never EOS
     logprobs = (-5 * torch.rand(N, batch, generator=gen)).numpy()  # float32, as sampled
     env, clock = envs.unwrapped, time.process_time
@@ -385,16 +373,7 @@ def in_loop(batch: int, repeats: int, out: Path) -> dict:
     gen = torch.Generator().manual_seed(0)
     policy = load_causal_lm(POLICY)
     cfg = SamplingConfig()
-    env, twin = (
-        gym.make_vec(
-            "textenv/TextGen-v0",
-            num_envs=batch,
-            vectorization_mode="vector_entry_point",
-            autoreset_mode=gym.vector.AutoresetMode.DISABLED,
-            **env_kwargs(),
-        )
-        for _ in range(2)
-    )
+    env, twin = native_envs(batch), native_envs(batch)
     clock = time.perf_counter
 
     def rollout(envs: list) -> tuple[float, float, float]:
@@ -476,13 +455,7 @@ def scaling(batches: list[int], lengths: list[int], repeats: int, out: Path) -> 
     rows = []
     for new_tokens in lengths:
         for batch in batches:
-            envs = gym.make_vec(
-                "textenv/TextGen-v0",
-                num_envs=batch,
-                vectorization_mode="vector_entry_point",
-                autoreset_mode=gym.vector.AutoresetMode.DISABLED,
-                **env_kwargs(new_tokens),
-            )
+            envs = native_envs(batch, new_tokens)
             rollout_native(policy, envs, batch, gen)  # warm-up
             base = peak_rss_mib(reset=True)
             times = []
