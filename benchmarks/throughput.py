@@ -552,26 +552,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.env_only:
-        out = (
-            args.out if args.out.name != "throughput.json" else RESULTS / "throughput_env_only.json"
-        )
-        env_only(args.batch[0], args.repeats, out)
-        return 0
-    if args.in_loop:
-        wait_for_quiet(args.wait_quiet)
-        out = (
-            args.out if args.out.name != "throughput.json" else RESULTS / "throughput_in_loop.json"
-        )
-        in_loop(args.batch[0], args.repeats, out)
-        return 0
-    if args.scaling:
-        wait_for_quiet(args.wait_quiet)
-        out = (
-            args.out if args.out.name != "throughput.json" else RESULTS / "throughput_scaling.json"
-        )
-        scaling(args.batch, args.lengths, args.repeats, out)
-        return 0
+    # The side modes: (chosen, default results file, wait for a quiet machine, what runs).
+    modes = [
+        (args.env_only, "throughput_env_only.json", False, lambda out: env_only(args.batch[0], args.repeats, out)),
+        (args.in_loop, "throughput_in_loop.json", True, lambda out: in_loop(args.batch[0], args.repeats, out)),
+        (args.scaling, "throughput_scaling.json", True, lambda out: scaling(args.batch, args.lengths, args.repeats, out)),
+    ]  # fmt: skip
+    for chosen, default_file, quiet, run in modes:
+        if chosen:
+            if quiet:
+                wait_for_quiet(args.wait_quiet)
+            run(args.out if args.out.name != "throughput.json" else RESULTS / default_file)
+            return 0
 
     share_before = wait_for_quiet(args.wait_quiet)
     rows = []

@@ -317,45 +317,43 @@ class EpisodeBatch:
         """Score all rows that finished on this step: one reference pass, one RM call."""
         n_tok = self.n_gen[rows].copy()
         width = int(n_tok.max())
+        # The finished rows' prompt and generated blocks, gathered once for the reference pass,
+        # the texts and an ids-reading reward.
+        prompt_ids, prompt_mask = self.obs_ids[rows, : self.P], self.obs_mask[rows, : self.P]
+        gen_ids = self.obs_ids[rows, self.P : self.P + width]
+        gen_mask = self.obs_mask[rows, self.P : self.P + width]
         rm = None
         if self.incremental:
             ref = self.step_ref[rows].copy()
         else:
-            prompt_ids = torch.as_tensor(self.obs_ids[rows, : self.P], device=self.device)
-            prompt_mask = torch.as_tensor(self.obs_mask[rows, : self.P], device=self.device)
-            gen = torch.as_tensor(self.obs_ids[rows, self.P : self.P + width], device=self.device)
-            gen_mask = torch.as_tensor(
-                self.obs_mask[rows, self.P : self.P + width], device=self.device
-            )
+            tensors = [
+                torch.as_tensor(block, device=self.device)
+                for block in (prompt_ids, prompt_mask, gen_ids, gen_mask)
+            ]
             with torch.no_grad():
                 if self.shared_forward_reward is not None:
                     # The reward reads the reference's forward: log ρ and the reward from one.
                     lp, rm = self.shared_forward_reward.reference_logprobs_and_scores(
-                        prompt_ids, prompt_mask, gen, gen_mask, self.config.temperature
+                        *tensors, self.config.temperature
                     )
                     rm = check_scores(rm, len(rows), name=f"reward model {self.config.reward!r}")
                 else:
-                    lp = sequence_logprobs(
-                        self.reference,
-                        prompt_ids,
-                        prompt_mask,
-                        gen,
-                        gen_mask,
-                        self.config.temperature,
-                    )
+                    lp = sequence_logprobs(self.reference, *tensors, self.config.temperature)
             ref = np.full((len(rows), self.N), np.nan)
             ref[:, :width] = lp.double().cpu().numpy()
-            ref[:, :width][gen_mask.cpu().numpy() == 0] = np.nan
+            ref[:, :width][gen_mask == 0] = np.nan
         logp = self.logp[rows].copy()
         logp = np.where(np.isnan(logp), ref, logp)  # no log π from the agent: KL term 0
         k = kl_estimate(logp, ref, self.config.kl_estimator, max_log_ratio=K3_MAX_LOG_RATIO)
         kl = np.nansum(k, axis=1)
         prompts = [self.row_prompt[r].text for r in rows]
         metadata = [dict(self.row_prompt[r].metadata) for r in rows]
-        block = self.obs_ids[rows, self.P : self.P + width].tolist()
-        texts = decode_rows(self.tokenizer, [ids[:n] for ids, n in zip(block, n_tok.tolist())])
+        gen_rows = gen_ids.tolist()
+        texts = decode_rows(self.tokenizer, [ids[:n] for ids, n in zip(gen_rows, n_tok.tolist())])
         token_rows = (
-            self._token_rows(rows, n_tok) if self.reward_reads_ids or self.gold_reads_ids else None
+            self._token_rows(prompt_ids, prompt_mask, gen_ids, gen_mask, gen_rows)
+            if self.reward_reads_ids or self.gold_reads_ids
+            else None
         )
         if rm is None:
             rm = self._score(
@@ -405,16 +403,18 @@ class EpisodeBatch:
         return score(reward, prompts, texts, metadata, name=name)
 
     def _token_rows(
-        self, rows: np.ndarray, n_tok: np.ndarray
+        self,
+        prompt_ids: np.ndarray,
+        prompt_mask: np.ndarray,
+        gen_ids: np.ndarray,
+        gen_mask: np.ndarray,
+        gen_rows: list[list[int]],
     ) -> tuple[list[list[int]], list[list[int]]]:
         """What an ids-reading reward gets: each row's prompt ids (no padding) and generated
-        ids without special tokens (what the decoded text holds)."""
-        width = int(n_tok.max())
-        prompt_ids, prompt_real = self.obs_ids[rows, : self.P], self.obs_mask[rows, : self.P] == 1
-        gen = self.obs_ids[rows, self.P : self.P + width]
-        keep = (self.obs_mask[rows, self.P : self.P + width] == 1) & ~np.isin(
-            gen, self._special_ids
-        )
+        ids without special tokens (what the decoded text holds); ``gen_rows`` is ``gen_ids``
+        as lists."""
+        prompt_real = prompt_mask == 1
+        keep = (gen_mask == 1) & ~np.isin(gen_ids, self._special_ids)
         # A whole block in one tolist() when it drops nothing (full prompts; completions of one
         # length without special tokens: a lockstep batch), else row by row.
         if prompt_real.all():
@@ -422,9 +422,9 @@ class EpisodeBatch:
         else:
             prompts = [ids[real].tolist() for ids, real in zip(prompt_ids, prompt_real)]
         if keep.all():
-            completions = gen.tolist()
+            completions = gen_rows
         else:
-            completions = [ids[k].tolist() for ids, k in zip(gen, keep)]
+            completions = [ids[k].tolist() for ids, k in zip(gen_ids, keep)]
         return prompts, completions
 
     def _final_reward(self, fin: Finished) -> np.ndarray:
