@@ -44,7 +44,18 @@ def git_commit(folder: Path) -> str:
         text=True,
     )
     dirty = subprocess.run(
-        ["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
+        # (results files written meanwhile are not a change to the code measured)
+        [
+            "git",
+            "-C",
+            str(folder),
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":!benchmarks/results",
+        ],  # fmt: skip
         capture_output=True,
         text=True,
     ).stdout.strip()
