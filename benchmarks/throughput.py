@@ -6,7 +6,9 @@ suppressed). Variants:
 
 (a) ``model.generate(do_sample=True, use_cache=True)`` on the policy alone;
 (o) the model work with no env: (a) + one teacher-forced reference pass + one RM pass over the
-    token ids (no decode / re-tokenise: the most favourable baseline);
+    token ids (no decode / re-tokenise: the most favourable baseline), both through the same
+    forwards the env runs (``sequence_logprobs`` and ``classifier_logits_left_padded``, which take
+    the lean GPT-2 path), so that a faster model pass speeds the baselines as much as the env;
 (s) the same model work as (o) with the package's KV-cached sampler instead of ``generate``: the
     strictest no-env baseline (the same decode loop (b) uses, minus everything the env does);
 (b) the package's sampler driving the native vector env with the log π channel (reference
@@ -16,7 +18,7 @@ suppressed). Variants:
     re-tokenises ``prompt + completion`` (what any reward that reads text costs);
 (c) the same sampler through B single envs from ``gym.make`` (a Python loop over envs per step);
 (d) a naive batched env that re-runs the whole prefix through the reference every step (what
-    replaying every token through a stateless env costs);
+    replaying every token through a stateless env costs; the same forwards as the env's);
 (f) (b) with a *fused* reward head on the reference's trunk (:mod:`textenv.rewards.fused`): the
     reference log-probs and the reward come from one forward instead of two.
 
@@ -66,7 +68,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import CPUClock, machine_info, wait_for_quiet  # noqa: E402
 
+from textenv.lm import lean_gpt2
 from textenv.lm.models import load_causal_lm, load_frozen_causal_lm, load_sequence_classifier
+from textenv.lm.padding import classifier_logits_left_padded
 from textenv.lm.sampling import (
     IncrementalLM,
     SamplingConfig,
@@ -145,7 +149,7 @@ def run_model_work(policy, reference, rm, batch: int, gen: torch.Generator) -> N
         sequence_logprobs(
             reference, prompt, torch.ones_like(prompt), completion, torch.ones_like(completion)
         )
-        rm(input_ids=out, attention_mask=torch.ones_like(out))
+        classifier_logits_left_padded(rm, out, torch.ones_like(out))
 
 
 def run_sampler_model_work(policy, reference, rm, batch: int, gen: torch.Generator) -> None:
@@ -163,7 +167,7 @@ def run_sampler_model_work(policy, reference, rm, batch: int, gen: torch.Generat
     with torch.no_grad():
         sequence_logprobs(reference, ids, mask, completion, torch.ones_like(completion))
         full = torch.cat([ids, completion], 1)
-        rm(input_ids=full, attention_mask=torch.ones_like(full))
+        classifier_logits_left_padded(rm, full, torch.ones_like(full))
 
 
 def rollout_native(policy, envs, batch: int, gen: torch.Generator) -> None:
@@ -203,6 +207,8 @@ class NaiveEnv:
     """A batched env without a KV cache: every step re-runs the reference over the whole prefix."""
 
     def __init__(self, reference, rm) -> None:
+        if not lean_gpt2.supports(reference):
+            raise ValueError("the naive env runs the lean GPT-2 forward: a GPT-2 reference only")
         self.reference, self.rm = reference, rm
 
     def reset(self, ids: torch.Tensor) -> None:
@@ -211,15 +217,17 @@ class NaiveEnv:
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor | None:
-        logits = self.reference(input_ids=self.ids, attention_mask=torch.ones_like(self.ids)).logits
+        ones = torch.ones_like(self.ids)
+        positions = torch.arange(self.ids.shape[1]).expand_as(self.ids)
+        logits, _ = lean_gpt2.lean_forward(
+            self.reference, self.ids, ones, positions, logits_to_keep=1
+        )
         ref = torch.log_softmax(logits[:, -1].float(), -1).gather(-1, tokens[:, None]).squeeze(-1)
         self.kl += logprobs - ref
         self.ids = torch.cat([self.ids, tokens[:, None]], 1)
         if self.ids.shape[1] == P + N:
-            score = self.rm(input_ids=self.ids, attention_mask=torch.ones_like(self.ids)).logits[
-                :, 0
-            ]
-            return score - 0.05 * self.kl
+            score = classifier_logits_left_padded(self.rm, self.ids, torch.ones_like(self.ids))
+            return score[:, 0] - 0.05 * self.kl
         return None
 
 
