@@ -1,8 +1,9 @@
-"""The vector env's row generators after a seeded reset: numpy's own ``PCG64(seed)`` streams.
+"""The vector env's row streams: numpy's own ``PCG64(seed)`` generators, B at a time.
 
-:func:`textenv.env.row_seeds.seed_generators` computes numpy's ``SeedSequence`` hash and PCG64
-seeding itself (for all rows at once); these tests pin every state it sets to the one numpy
-builds, over seeds of every word length it handles and the fallbacks on either side.
+:class:`textenv.env.row_seeds.RowStreams` computes numpy's ``SeedSequence`` hash, PCG64's seeding
+and stepping, and ``Generator.integers``' bounded draw itself (for all rows at once); these tests
+pin every state it reaches and every value it draws to numpy's, over seeds of every word length,
+bounds that make the rejection loop run, and the fallbacks on either side.
 """
 
 from __future__ import annotations
@@ -14,60 +15,81 @@ from gymnasium.vector import AutoresetMode
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from textenv.env.row_seeds import seed_generators
+from textenv.env.row_seeds import RowStreams
 from textenv.env.vector import TextGenVectorEnv
 
 
-def fresh(n: int) -> list[np.random.Generator]:
-    return [seeding.np_random(None)[0] for _ in range(n)]
+def numpy_generators(seeds: list[int]) -> list[np.random.Generator]:
+    return [seeding.np_random(seed)[0] for seed in seeds]
 
 
-def assert_numpy_streams(generators: list[np.random.Generator], seeds: list[int]) -> None:
-    assert len(generators) == len(seeds)
-    for rng, seed in zip(generators, seeds):
-        theirs = seeding.np_random(seed)[0]
-        assert rng.bit_generator.state == theirs.bit_generator.state, seed
-        assert rng.integers(1000, size=8).tolist() == theirs.integers(1000, size=8).tolist()
+def assert_same_states(streams: RowStreams, generators: list[np.random.Generator]) -> None:
+    for row, rng in enumerate(generators):
+        assert streams.state(row) == rng.bit_generator.state, row
 
 
-# Seeds of 1 to 4 words (32 bits each), word boundaries included; 2**128 and above fall back.
+# Seeds of 1 to 4 words (32 bits each), word boundaries included, and past 2**128 (numpy's
+# SeedSequence then; any one such seed sends the whole batch there).
 seeds_below_2_128 = st.one_of(
     st.integers(0, 2**32 - 1),
     st.integers(0, 2**64 - 1),
     st.integers(0, 2**128 - 1),
     st.sampled_from([0, 1, 2**32 - 1, 2**32, 2**64 - 1, 2**64, 2**96, 2**128 - 1]),
 )
+# Small prompt sets; bounds just over a power of two, where about half of the 32-bit draws are
+# redrawn; the largest bound drawn in the vectorised path; and bounds numpy draws otherwise.
+bounds = st.one_of(
+    st.integers(1, 100),
+    st.sampled_from([2**31 + 1, 0x80000001, 3 * 2**30 + 1, 2**32 - 1, 2**32, 2**40 + 3]),
+)
 
 
 @settings(max_examples=60, deadline=None)
-@given(seeds=st.lists(seeds_below_2_128, min_size=16, max_size=40))
-def test_batched_seeding_is_numpys(seeds):
-    generators = fresh(len(seeds))
-    out = seed_generators(generators, seeds)
-    assert all(a is b for a, b in zip(out, generators))  # reseeded in place
-    assert_numpy_streams(out, seeds)
+@given(seeds=st.lists(seeds_below_2_128, min_size=1, max_size=40), data=st.data())
+def test_seeded_states_and_draws_are_numpys(seeds, data):
+    streams = RowStreams(len(seeds))
+    streams.seed(seeds)
+    generators = numpy_generators(seeds)
+    assert_same_states(streams, generators)
+    # Draws over all rows and over subsets in turn: every row's stream, its buffered 32-bit half
+    # included, stays the one its generator has.
+    for _ in range(4):
+        n = data.draw(bounds)
+        rows = data.draw(
+            st.lists(st.integers(0, len(seeds) - 1), unique=True, min_size=1).map(sorted)
+        )
+        drawn = streams.integers(n, np.array(rows))
+        assert drawn.dtype == np.int64
+        assert drawn.tolist() == [generators[r].integers(n) for r in rows]
+        assert_same_states(streams, generators)
 
 
-@pytest.mark.parametrize(
-    "seeds",
-    [list(range(5)), [2**128] + list(range(20)), [2**200 + 3] * 16],
-    ids=["small batch", "one seed of 2**128", "large seeds"],
-)
-def test_fallbacks_are_numpys(seeds):
-    assert_numpy_streams(seed_generators(fresh(len(seeds)), seeds), seeds)
+def test_seeds_of_2_128_and_more_are_numpys():
+    seeds = [2**128] + list(range(20)) + [2**200 + 3]
+    streams = RowStreams(len(seeds))
+    streams.seed(seeds)
+    generators = numpy_generators(seeds)
+    assert_same_states(streams, generators)
+    assert streams.integers(1000, np.arange(len(seeds))).tolist() == [
+        rng.integers(1000) for rng in generators
+    ]
 
 
-def test_one_generator_per_seed():
-    with pytest.raises(ValueError, match="15 generators for 16 seeds"):
-        seed_generators(fresh(15), list(range(16)))
+def test_a_half_used_stream_restarts_clean():
+    """PCG64 buffers a 32-bit half between draws; a reseed clears it."""
+    streams = RowStreams(16)
+    streams.integers(7, np.arange(16))  # leaves every row's upper half buffered
+    assert streams.has_uint32.all()
+    streams.seed(list(range(100, 116)))
+    assert_same_states(streams, numpy_generators(list(range(100, 116))))
 
 
-def test_a_half_used_generator_restarts_clean():
-    """The PCG64 buffers a 32-bit half between draws; a reseed clears it."""
-    generators = fresh(16)
-    for rng in generators:
-        rng.integers(2**31, dtype=np.int32)  # leaves the upper half buffered
-    assert_numpy_streams(seed_generators(generators, list(range(100, 116))), list(range(100, 116)))
+def test_unseeded_streams_differ_and_one_seed_per_row():
+    a, b = RowStreams(16), RowStreams(16)
+    assert len({a.state(r)["state"]["state"] for r in range(16)}) == 16
+    assert a.state(0) != b.state(0)
+    with pytest.raises(ValueError, match="15 seeds for 16 rows"):
+        a.seed(list(range(15)))
 
 
 def test_seeded_vector_reset_draws_the_sub_envs_prompts():

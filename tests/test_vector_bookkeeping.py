@@ -41,6 +41,11 @@ class PlainVectorEnv(TextGenVectorEnv):
     def set_action_logprobs(self, logprobs):
         self._pending = check_logprobs(logprobs, self.num_envs)
 
+    def _draw_prompt(self, row):
+        """Numpy's own generator per row (Gymnasium's sub-env ``row``), not the env's streams."""
+        prompts = self.core.prompts
+        return prompts[int(self._rngs[row].integers(len(prompts)))]
+
     def reset(self, *, seed=None, options=None):
         B = self.num_envs
         if seed is not None:

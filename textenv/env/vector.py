@@ -5,14 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from textenv.env.config import EnvConfig
 from textenv.env.core import EpisodeBatch, EpisodeBatchAccess, Finished
 from textenv.env.kl import LOGPROB_MIN, LOGPROB_SLACK, check_logprobs
-from textenv.env.row_seeds import seed_generators
+from textenv.env.row_seeds import RowStreams
 from textenv.env.single import check_options, check_seed, reset_info_columns
 
 __all__ = ["TextGenVectorEnv"]
@@ -76,7 +75,8 @@ class TextGenVectorEnv(EpisodeBatchAccess, VectorEnv):
         self.single_action_space = self.core.action_space()
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
-        self._rngs = [seeding.np_random(None)[0] for _ in range(num_envs)]
+        # Row i draws its prompts as the sub-env seeded with seed + i would (one PCG64 each).
+        self._streams = RowStreams(num_envs)
         self._pending: np.ndarray | None = None
         self._pending_complete = False  # the pending log π has no NaN (a row without one)
         self._all_rows = np.arange(num_envs)
@@ -136,7 +136,7 @@ class TextGenVectorEnv(EpisodeBatchAccess, VectorEnv):
             else:
                 first = check_seed(seed)
                 seeds = [first + i for i in range(B)]
-            self._rngs = seed_generators(self._rngs, seeds)
+            self._streams.seed(seeds)
         options = check_options(
             options,
             ("prompts", "reset_mask"),
@@ -163,7 +163,7 @@ class TextGenVectorEnv(EpisodeBatchAccess, VectorEnv):
                 raise ValueError(f"options['prompts'] must hold {B} prompts, got {len(given)}")
             prompts = [self.core.resolve_prompt(given[r]) for r in rows]
         else:
-            prompts = [self._draw_prompt(r) for r in rows]
+            prompts = self._draw_prompts(rows)
         self.core.start(rows, prompts)
         self._needs_reset[rows] = False
         self._pending = None
@@ -217,7 +217,7 @@ class TextGenVectorEnv(EpisodeBatchAccess, VectorEnv):
         rewards, terminated, truncated, finished = core.apply(actions, logprobs, stepped)
         self._pending = None
         if autoreset:
-            core.start(reset_rows, [self._draw_prompt(r) for r in reset_rows])
+            core.start(reset_rows, self._draw_prompts(reset_rows))
             self._needs_reset[reset_rows] = False
         if finished is not None:  # (no row terminated or truncated otherwise)
             self._needs_reset |= terminated | truncated
@@ -239,9 +239,10 @@ class TextGenVectorEnv(EpisodeBatchAccess, VectorEnv):
 
     # ------------------------------------------------------------------ helpers
 
-    def _draw_prompt(self, row: int):
+    def _draw_prompts(self, rows: np.ndarray) -> list:
+        """A prompt for each of ``rows``, drawn uniformly from the split by the row's stream."""
         prompts = self.core.prompts
-        return prompts[int(self._rngs[row].integers(len(prompts)))]
+        return [prompts[i] for i in self._streams.integers(len(prompts), rows).tolist()]
 
     def _validate_actions(self, actions: Any) -> np.ndarray:
         arr = np.asarray(actions)
