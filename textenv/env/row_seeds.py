@@ -56,6 +56,7 @@ def _hash_constants(init: int, mult: int, count: int) -> np.ndarray:
 _A = _hash_constants(_INIT_A, _MULT_A, _POOL_SIZE + _POOL_SIZE * (_POOL_SIZE - 1) + 1)
 _B = _hash_constants(_INIT_B, _MULT_B, 2 * _POOL_SIZE + 1)
 _SHIFT = np.uint32(16)
+_OTHERS = [[dst for dst in range(_POOL_SIZE) if dst != src] for src in range(_POOL_SIZE)]
 
 
 def _hashmix(value: np.ndarray, xor: np.ndarray, mult: np.ndarray) -> np.ndarray:
@@ -134,14 +135,16 @@ class RowStreams:
                 self._set_row(row, state["state"], state["inc"])
             return
         pool = _hashmix(_seed_words(seeds), _A[:_POOL_SIZE, None], _A[1 : _POOL_SIZE + 1, None])
+        # numpy mixes word src into every other word dst in turn; src's word does not change
+        # while it is mixed in, so its three hashes (constants k, k + 1, k + 2) and the three
+        # mixes are one call each.
         k = _POOL_SIZE
         for src in range(_POOL_SIZE):
-            for dst in range(_POOL_SIZE):
-                if src != dst:
-                    hashed = _hashmix(pool[src], _A[k], _A[k + 1])
-                    k += 1
-                    mixed = pool[dst] * np.uint32(_MIX_MULT_L) - hashed * np.uint32(_MIX_MULT_R)
-                    pool[dst] = mixed ^ (mixed >> _SHIFT)
+            dst = _OTHERS[src]
+            hashed = _hashmix(pool[src], _A[k : k + 3, None], _A[k + 1 : k + 4, None])
+            k += 3
+            mixed = pool[dst] * np.uint32(_MIX_MULT_L) - hashed * np.uint32(_MIX_MULT_R)
+            pool[dst] = mixed ^ (mixed >> _SHIFT)
         # generate_state(4, np.uint64): 8 words cycling over the pool, paired little-endian.
         cycle = pool[np.arange(2 * _POOL_SIZE) % _POOL_SIZE]
         state32 = _hashmix(cycle, _B[:-1, None], _B[1:, None]).astype(np.uint64)
