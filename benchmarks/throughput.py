@@ -45,6 +45,12 @@ on a twin env (their cost with warm caches), and the policy's own time per rollo
 with the env's calls between its steps (how much slower it runs after them). Written to
 ``results/throughput_in_loop.json`` (or ``--out``).
 
+``--split`` times (s) and (b) phase by phase, interleaved (wall clock, medians of ``--repeats``,
+at least 10): (s)'s sampling and its two model passes; (b)'s reset, sampling (the policy's
+steps, with the env's calls between them), the env's non-final steps and its last step (which
+holds the same two passes). The differences say where (b)'s extra time goes. Written to
+``results/throughput_split.json`` (or ``--out``).
+
 ``--scaling`` runs variant (b) over B ∈ {16, 64, 256} × new tokens ∈ {16, 32, 64, 128} and records
 tokens/s, seconds per generated token and the peak resident memory of each rollout (the kernel's
 high-water mark, reset before each config), into ``results/throughput_scaling.{json,png}``.
@@ -152,7 +158,28 @@ def run_model_work(policy, reference, rm, batch: int, gen: torch.Generator) -> N
         classifier_logits_left_padded(rm, out, torch.ones_like(out))
 
 
-def run_sampler_model_work(policy, reference, rm, batch: int, gen: torch.Generator) -> None:
+class Phases:
+    """Wall-clock seconds per phase of one rollout (``--split``): each :meth:`mark` books the
+    time since the previous one to its phase."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def mark(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self._last
+        self._last = now
+
+
+def _no_mark(phase: str) -> None:
+    pass
+
+
+def run_sampler_model_work(
+    policy, reference, rm, batch: int, gen: torch.Generator, phases: Phases | None = None
+) -> None:
+    mark = phases.mark if phases else _no_mark
     cfg = SamplingConfig()
     ids, mask = make_prompts(batch, gen)
     lm = IncrementalLM(policy)
@@ -164,26 +191,35 @@ def run_sampler_model_work(policy, reference, rm, batch: int, gen: torch.Generat
         if t + 1 < N:
             logits = lm.step(token)
     completion = torch.stack(tokens, 1)
+    mark("policy")
     with torch.no_grad():
         sequence_logprobs(reference, ids, mask, completion, torch.ones_like(completion))
         full = torch.cat([ids, completion], 1)
         classifier_logits_left_padded(rm, full, torch.ones_like(full))
+    mark("model passes")
 
 
-def rollout_native(policy, envs, batch: int, gen: torch.Generator) -> None:
+def rollout_native(
+    policy, envs, batch: int, gen: torch.Generator, phases: Phases | None = None
+) -> None:
+    mark = phases.mark if phases else _no_mark
     cfg = SamplingConfig()
     new_tokens = envs.unwrapped.config.max_new_tokens
     obs, _ = envs.reset(seed=int(torch.randint(0, 10**6, (1,), generator=gen)))
+    mark("reset")
     lm = IncrementalLM(policy)
     logits = lm.prefill(
         torch.as_tensor(obs["input_ids"][:, :P]), torch.as_tensor(obs["attention_mask"][:, :P])
     )
     for t in range(new_tokens):
         tokens, logprobs = sample_tokens(next_token_logprobs(no_eos(logits), cfg), gen)
+        mark("policy")
         envs.unwrapped.set_action_logprobs(logprobs.numpy())
         envs.step(tokens.numpy())
         if t + 1 < new_tokens:
+            mark("env steps")
             logits = lm.step(tokens)
+    mark("last step")
 
 
 def rollout_singles(policy, envs: list, batch: int, gen: torch.Generator) -> None:
@@ -444,6 +480,70 @@ def in_loop(batch: int, repeats: int, out: Path) -> dict:
     return result
 
 
+def split(batch: int, repeats: int, out: Path) -> dict:
+    """Where (b)'s time goes against (s)'s: both rollouts timed by phase, interleaved (wall
+    clock, medians of ``repeats``, at least 10; see the module docstring)."""
+    gen = torch.Generator().manual_seed(0)
+    policy = load_causal_lm(POLICY)
+    reference = load_frozen_causal_lm(REFERENCE)
+    rm = load_sequence_classifier(REWARD)
+    envs = native_envs(batch)
+    variants = {
+        "s": lambda phases: run_sampler_model_work(policy, reference, rm, batch, gen, phases),
+        "b": lambda phases: rollout_native(policy, envs, batch, gen, phases),
+    }
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
+    for rep in range(max(repeats, 10) + 2):
+        for name, run in variants.items():
+            phases = Phases()
+            start = phases._last
+            run(phases)
+            ms = {key: 1e3 * value for key, value in phases.seconds.items()}
+            ms["total"] = 1e3 * (phases._last - start)
+            if rep >= 2:  # warm-up
+                runs[name].append(ms)
+    medians = {
+        name: {key: statistics.median(r[key] for r in rs) for key in rs[0]}
+        for name, rs in runs.items()
+    }
+    s, b = medians["s"], medians["b"]
+    # (b)'s extra time, phase by phase: the policy's steps with the env's calls between them,
+    # the env's own calls, and the last step against (s)'s two model passes.
+    extra = {
+        "reset": b["reset"],
+        "policy": b["policy"] - s["policy"],
+        "env steps": b["env steps"],
+        "last step over the model passes": b["last step"] - s["model passes"],
+        "total": b["total"] - s["total"],
+    }
+    result = {
+        "batch": batch,
+        "new_tokens": N,
+        "threads": torch.get_num_threads(),
+        "repeats": len(runs["s"]),
+        "ms_per_rollout": medians,
+        "b_minus_s_ms": extra,
+        "b/s": s["total"] / b["total"],
+        "runs": runs,
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    rows = ["| phase | (s) ms | (b) ms | (b) − (s) ms |", "|---|---:|---:|---:|"]
+    for phase, s_key, b_key, diff in (
+        ("reset", None, "reset", "reset"),
+        ("policy: prefill and 32 sampling steps", "policy", "policy", "policy"),
+        ("the env's 31 non-final steps", None, "env steps", "env steps"),
+        ("model passes / last step", "model passes", "last step", "last step over the model passes"),
+        ("rollout", "total", "total", "total"),
+    ):  # fmt: skip
+        s_ms = f"{s[s_key]:.2f}" if s_key else "–"
+        rows.append(f"| {phase} | {s_ms} | {b[b_key]:.2f} | {extra[diff]:+.2f} |")
+    result["table_md"] = "\n".join(rows) + "\n"
+    print(result["table_md"] + f"(b)/(s) = {result['b/s']:.3f}", flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    return result
+
+
 def peak_rss_mib(reset: bool = False) -> float:
     """This process's resident-memory high-water mark (Linux); ``reset`` starts a new one."""
     if reset:
@@ -549,6 +649,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--in-loop", action="store_true", help="the env's calls between the policy's steps"
     )
+    parser.add_argument("--split", action="store_true", help="(b) against (s), phase by phase")
     parser.add_argument(
         "--clock",
         choices=sorted(CLOCKS),
@@ -564,6 +665,7 @@ def main(argv: list[str] | None = None) -> int:
     modes = [
         (args.env_only, "throughput_env_only.json", False, lambda out: env_only(args.batch[0], args.repeats, out)),
         (args.in_loop, "throughput_in_loop.json", True, lambda out: in_loop(args.batch[0], args.repeats, out)),
+        (args.split, "throughput_split.json", True, lambda out: split(args.batch[0], args.repeats, out)),
         (args.scaling, "throughput_scaling.json", True, lambda out: scaling(args.batch, args.lengths, args.repeats, out)),
     ]  # fmt: skip
     for chosen, default_file, quiet, run in modes:

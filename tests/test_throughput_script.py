@@ -73,3 +73,23 @@ def test_in_loop_mode_times_the_envs_calls_between_policy_steps(tmp_path, throug
     }  # fmt: skip
     assert all(len(v) == 10 for v in result["runs"].values())  # at least 10 repeats
     assert all(v > 0 for v in result["medians"].values())
+
+
+def test_split_mode_times_both_rollouts_phase_by_phase(tmp_path, throughput):
+    out = tmp_path / "split.json"
+    throughput.main(
+        ["--split", "--batch", "2", "--repeats", "1", "--wait-quiet", "0", "--out", str(out)]
+    )
+    result = json.loads(out.read_text())
+    assert result["batch"] == 2 and result["repeats"] == 10  # at least 10 repeats
+    ms = result["ms_per_rollout"]
+    assert set(ms["s"]) == {"policy", "model passes", "total"}
+    assert set(ms["b"]) == {"reset", "policy", "env steps", "last step", "total"}
+    for runs in result["runs"].values():  # each rollout's phases add up to it
+        assert len(runs) == 10
+        for phases in runs:
+            total = sum(v for k, v in phases.items() if k != "total")
+            assert total == pytest.approx(phases["total"])
+    assert result["b/s"] == pytest.approx(ms["s"]["total"] / ms["b"]["total"])
+    assert result["b_minus_s_ms"]["total"] == pytest.approx(ms["b"]["total"] - ms["s"]["total"])
+    assert result["table_md"].startswith("| phase |")
