@@ -42,7 +42,10 @@ and the last step (which holds the reference and RM passes); CPU ms per rollout,
 ``--repeats``, at least 10; the last step, with the model passes, is left out): the env's calls
 (``set_action_logprobs`` + ``step``) right after the policy's work, the same calls straight after
 on a twin env (their cost with warm caches), and the policy's own time per rollout without and
-with the env's calls between its steps (how much slower it runs after them). Written to
+with the env's calls between its steps (how much slower it runs after them); then the same for
+a floor env that does only what the vector-env API asks (write the token, return fresh arrays),
+what any env in Python would cost there, and for the floor env with the package's checks (log π,
+actions, EOS) in the fewest numpy calls. Written to
 ``results/throughput_in_loop.json`` (or ``--out``).
 
 ``--split`` times (s) and (b) phase by phase, interleaved (wall clock, medians of ``--repeats``,
@@ -409,15 +412,61 @@ def env_only(batch: int, repeats: int, out: Path) -> dict:
     return result
 
 
+class FloorEnv:
+    """What any Gymnasium vector env over token ids must do per step, and nothing more: keep
+    log π, write the token into its observation, hand back fresh observation, reward and flag
+    arrays and an info dict; no episode logic: a lower bound for (b)'s step. With ``checks``
+    it also does what the package promises on top, in the fewest numpy calls: refuse log π
+    outside ``[-1000, 0]`` or NaN and actions outside the vocabulary, and end rows on EOS."""
+
+    def __init__(self, batch: int, checks: bool = False, new_tokens: int = N) -> None:
+        self.obs_ids = np.zeros((batch, P + new_tokens), dtype=np.int64)
+        self.obs_mask = np.zeros((batch, P + new_tokens), dtype=np.int64)
+        self.checks = checks
+        self.t = 0
+
+    @property
+    def unwrapped(self) -> FloorEnv:
+        return self
+
+    def reset(self, seed: int | None = None) -> None:
+        self.obs_mask[:, P:] = 0
+        self.t = 0
+
+    def set_action_logprobs(self, logprobs: np.ndarray) -> None:
+        self.logprobs = np.asarray(logprobs, dtype=np.float64)
+        if self.checks and not (
+            -1000.0 <= np.minimum.reduce(self.logprobs) and np.maximum.reduce(self.logprobs) <= 0
+        ):
+            raise ValueError("log π out of range")
+
+    def step(self, actions: np.ndarray) -> tuple:
+        B = len(actions)
+        terminated = np.zeros(B, dtype=bool)
+        if self.checks:
+            if not np.maximum.reduce(actions.view(np.uint64)) < 512:
+                raise ValueError("action outside the vocabulary")
+            terminated = actions == EOS
+            if terminated.any():
+                raise NotImplementedError("the floor env has no episode ends")
+        col = P + self.t
+        self.obs_ids[:, col] = actions
+        self.obs_mask[:, col] = 1
+        self.t += 1
+        obs = {"input_ids": self.obs_ids.copy(), "attention_mask": self.obs_mask.copy()}
+        return obs, np.zeros(B), terminated, np.zeros(B, dtype=bool), {}
+
+
 def in_loop(batch: int, repeats: int, out: Path) -> dict:
     """Where (b)'s extra time per step goes: the env's calls right after the policy's work
     against the same calls straight after on a twin env, and the policy's own time per rollout
-    with and without the env's calls between its steps (wall clock, medians; see the module
-    docstring)."""
+    with and without the env's calls between its steps; the same for :class:`FloorEnv`, the
+    least a step can do (wall clock, medians; see the module docstring)."""
     gen = torch.Generator().manual_seed(0)
     policy = load_causal_lm(POLICY)
     cfg = SamplingConfig()
     env, twin = native_envs(batch), native_envs(batch)
+    floor, checked = FloorEnv(batch), FloorEnv(batch, checks=True)
     clock = time.perf_counter
 
     def rollout(envs: list) -> tuple[float, float, float]:
@@ -449,16 +498,26 @@ def in_loop(batch: int, repeats: int, out: Path) -> dict:
         "policy_ms_with_env": [],
         "env_us_per_step_after_policy": [],
         "env_us_per_step_after_env": [],
+        "policy_ms_with_floor_env": [],
+        "floor_env_us_per_step_after_policy": [],
+        "policy_ms_with_checked_floor_env": [],
+        "checked_floor_env_us_per_step_after_policy": [],
     }
     for rep in range(max(repeats, 10) + 2):
         alone = rollout([])[0]
         with_env = rollout([env])[0]
         _, cold, warm = rollout([env, twin])
+        with_floor, floor_cold, _ = rollout([floor])
+        with_checked, checked_cold, _ = rollout([checked])
         if rep >= 2:  # warm-up
             parts["policy_ms_without_env"].append(1e3 * alone)
             parts["policy_ms_with_env"].append(1e3 * with_env)
             parts["env_us_per_step_after_policy"].append(1e6 * cold / (N - 1))
             parts["env_us_per_step_after_env"].append(1e6 * warm / (N - 1))
+            parts["policy_ms_with_floor_env"].append(1e3 * with_floor)
+            parts["floor_env_us_per_step_after_policy"].append(1e6 * floor_cold / (N - 1))
+            parts["policy_ms_with_checked_floor_env"].append(1e3 * with_checked)
+            parts["checked_floor_env_us_per_step_after_policy"].append(1e6 * checked_cold / (N - 1))
     medians = {key: statistics.median(values) for key, values in parts.items()}
     result = {
         "batch": batch,
@@ -472,7 +531,11 @@ def in_loop(batch: int, repeats: int, out: Path) -> dict:
         f"B={batch}: policy {medians['policy_ms_without_env']:.2f} ms per rollout alone, "
         f"{medians['policy_ms_with_env']:.2f} with the env between its steps; the env's calls "
         f"{medians['env_us_per_step_after_policy']:.1f} us a step after the policy, "
-        f"{medians['env_us_per_step_after_env']:.1f} straight after the same calls",
+        f"{medians['env_us_per_step_after_env']:.1f} straight after the same calls; the floor "
+        f"env's {medians['floor_env_us_per_step_after_policy']:.1f} us a step, the policy "
+        f"{medians['policy_ms_with_floor_env']:.2f} ms with them; with the checks "
+        f"{medians['checked_floor_env_us_per_step_after_policy']:.1f} us and "
+        f"{medians['policy_ms_with_checked_floor_env']:.2f} ms",
         flush=True,
     )
     out.parent.mkdir(parents=True, exist_ok=True)

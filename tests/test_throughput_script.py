@@ -70,6 +70,8 @@ def test_in_loop_mode_times_the_envs_calls_between_policy_steps(tmp_path, throug
     assert set(result["medians"]) == {
         "policy_ms_without_env", "policy_ms_with_env",
         "env_us_per_step_after_policy", "env_us_per_step_after_env",
+        "policy_ms_with_floor_env", "floor_env_us_per_step_after_policy",
+        "policy_ms_with_checked_floor_env", "checked_floor_env_us_per_step_after_policy",
     }  # fmt: skip
     assert all(len(v) == 10 for v in result["runs"].values())  # at least 10 repeats
     assert all(v > 0 for v in result["medians"].values())
@@ -93,3 +95,25 @@ def test_split_mode_times_both_rollouts_phase_by_phase(tmp_path, throughput):
     assert result["b/s"] == pytest.approx(ms["s"]["total"] / ms["b"]["total"])
     assert result["b_minus_s_ms"]["total"] == pytest.approx(ms["b"]["total"] - ms["s"]["total"])
     assert result["table_md"].startswith("| phase |")
+
+
+def test_floor_env_checks_what_the_package_checks(throughput):
+    """The checked floor env refuses what the package's env refuses (its cost is then a fair
+    floor for a step with the checks)."""
+    import numpy as np
+
+    env = throughput.FloorEnv(2, checks=True)
+    env.reset()
+    with pytest.raises(ValueError, match="log π"):
+        env.set_action_logprobs(np.array([-0.5, np.nan]))
+    with pytest.raises(ValueError, match="log π"):
+        env.set_action_logprobs(np.array([-0.5, 0.1]))
+    env.set_action_logprobs(np.array([-0.5, -1.0], dtype=np.float32))
+    with pytest.raises(ValueError, match="vocabulary"):
+        env.step(np.array([3, -1]))
+    with pytest.raises(ValueError, match="vocabulary"):
+        env.step(np.array([3, 512]))
+    obs, rewards, terminated, truncated, info = env.step(np.array([3, 4]))
+    assert obs["input_ids"][:, throughput.P].tolist() == [3, 4]
+    assert obs["attention_mask"][:, throughput.P].tolist() == [1, 1]
+    assert not terminated.any() and not truncated.any() and rewards.tolist() == [0.0, 0.0]
