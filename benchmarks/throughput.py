@@ -650,11 +650,31 @@ def scaling(batches: list[int], lengths: list[int], repeats: int, out: Path) -> 
                 flush=True,
             )
             envs.close()
+    cells = {(r["new_tokens"], r["batch"]): r for r in rows}
+    lines = [
+        "| new tokens | "
+        + " | ".join(f"B={b}: tok/s, µs/token, peak RSS MiB" for b in batches)
+        + " |",
+        "|---" * (len(batches) + 1) + "|",
+    ]
+    for n in lengths:
+        row_cells = (cells[(n, b)] for b in batches)
+        lines.append(
+            f"| {n} | "
+            + " | ".join(
+                f"{c['tokens_per_s']:.0f}, {c['us_per_token']:.0f}, {c['peak_rss_mib']:.0f}"
+                for c in row_cells
+            )
+            + " |"
+        )
     result = {
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "machine": machine_info(processor=platform.processor()),
         "rows": rows,
         "setup": {"policy": POLICY, "prompt_tokens": P},
         "threads": torch.get_num_threads(),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "table_md": "\n".join(lines) + "\n",
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

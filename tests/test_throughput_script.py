@@ -44,8 +44,12 @@ def test_scaling_mode_writes_curves(tmp_path, throughput):
         ["--scaling", "--batch", "2", "--lengths", "4", "8", "--repeats", "1", "--wait-quiet", "0",
          "--out", str(out)]
     )  # fmt: skip
-    rows = json.loads(out.read_text())["rows"]
+    result = json.loads(out.read_text())
+    rows = result["rows"]
     assert [(r["batch"], r["new_tokens"]) for r in rows] == [(2, 4), (2, 8)]
+    table = result["table_md"].splitlines()
+    assert table[0] == "| new tokens | B=2: tok/s, µs/token, peak RSS MiB |"
+    assert [line.split(" | ")[0] for line in table[2:]] == ["| 4", "| 8"]
     assert all(r["tokens_per_s"] > 0 and r["peak_rss_mib"] > 0 for r in rows)
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
 
