@@ -74,6 +74,10 @@ SETS: dict[str, dict[str, list[str]]] = {
             "tests/test_vector_bookkeeping.py",
         ],
     },
+    "row_streams": {
+        "modules": ["textenv/env/row_seeds.py"],
+        "tests": ["tests/test_row_seeds.py"],
+    },
     "rewards": {
         "modules": ["textenv/rewards/base.py"],
         "tests": [
