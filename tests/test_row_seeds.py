@@ -15,6 +15,7 @@ from gymnasium.vector import AutoresetMode
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from textenv.env import row_seeds
 from textenv.env.row_seeds import RowStreams
 from textenv.env.vector import TextGenVectorEnv
 
@@ -64,8 +65,12 @@ def test_seeded_states_and_draws_are_numpys(seeds, data):
         assert_same_states(streams, generators)
 
 
-def test_seeds_of_2_128_and_more_are_numpys():
-    seeds = [2**128] + list(range(20)) + [2**200 + 3]
+@pytest.mark.parametrize(
+    "seeds",
+    [[2**128] + list(range(20)) + [2**200 + 3], [0, 2**128, 5], [2**128 - 1, 2**64 - 1, 3]],
+    ids=["past 2**128", "exactly 2**128", "just below"],
+)
+def test_seeds_of_2_128_and_more_are_numpys(seeds):
     streams = RowStreams(len(seeds))
     streams.seed(seeds)
     generators = numpy_generators(seeds)
@@ -73,6 +78,54 @@ def test_seeds_of_2_128_and_more_are_numpys():
     assert streams.integers(1000, np.arange(len(seeds))).tolist() == [
         rng.integers(1000) for rng in generators
     ]
+
+
+def test_hash_constants_are_numpys_running_products():
+    """SeedSequence's hash multiplies its constant by MULT after each use (mod 2**32)."""
+    for init, mult in ((0x43B0D7E5, 0x931E8875), (0x8B51F9DD, 0x58F38DED)):
+        expected = [init * pow(mult, k, 2**32) % 2**32 for k in range(17)]
+        assert row_seeds._hash_constants(init, mult, 17).tolist() == expected
+
+
+words = st.integers(0, 2**64 - 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(a_hi=words, a_lo=words, b_hi=words, b_lo=st.one_of(st.just(0), words), b=words)
+def test_128_bit_arithmetic_is_pythons(a_hi, a_lo, b_hi, b_lo, b):
+    """The 64-bit-halves helpers against Python's integers (mod 2**128), carries included."""
+    a, c = (a_hi << 64) | a_lo, (b_hi << 64) | b_lo
+    total = row_seeds._add_128(_word(a_hi), _word(a_lo), _word(b_hi), _word(b_lo))
+    assert _joined(*total) == (a + c) % 2**128
+    assert _joined(*row_seeds._mul_128(_word(a_lo), np.uint64(b))) == a_lo * b
+
+
+def _word(value: int) -> np.ndarray:
+    return np.array([value], dtype=np.uint64)
+
+
+def _joined(high: np.ndarray, low: np.ndarray) -> int:
+    return (int(high[0]) << 64) | int(low[0])
+
+
+def test_the_redraw_bound_is_numpys(monkeypatch):
+    """buffered_bounded_lemire_uint32 keeps a draw whose low word equals the threshold and
+    redraws below it (a 1 in 2**32 event for random draws, so the draws are given here)."""
+    n = 2**31 + 1
+    threshold = (2**32 - n) % n
+    # x·n mod 2**32 == threshold: x = threshold / n mod 2**32 (n is odd, so invertible).
+    at = threshold * pow(n, -1, 2**32) % 2**32
+    below = (threshold - 1) * pow(n, -1, 2**32) % 2**32
+    after = 12345
+    for first, expected in ((at, at * n >> 32), (below, after * n >> 32)):
+        draws = iter([first, after])
+        streams = RowStreams(1)
+        monkeypatch.setattr(
+            streams,
+            "_next_uint32",
+            lambda rows, draws=draws: np.array([next(draws)], dtype=np.uint64),
+        )
+        assert streams.integers(n, np.array([0])).tolist() == [expected]
 
 
 def test_a_half_used_stream_restarts_clean():
