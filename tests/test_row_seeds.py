@@ -84,7 +84,9 @@ def test_hash_constants_are_numpys_running_products():
     """SeedSequence's hash multiplies its constant by MULT after each use (mod 2**32)."""
     for init, mult in ((0x43B0D7E5, 0x931E8875), (0x8B51F9DD, 0x58F38DED)):
         expected = [init * pow(mult, k, 2**32) % 2**32 for k in range(17)]
-        assert row_seeds._hash_constants(init, mult, 17).tolist() == expected
+        constants = row_seeds._hash_constants(init, mult, 17)
+        assert constants.dtype == np.uint32  # the hash's products wrap at 2**32
+        assert constants.tolist() == expected
 
 
 words = st.integers(0, 2**64 - 1)
@@ -117,8 +119,12 @@ def test_the_redraw_bound_is_numpys(monkeypatch):
     at = threshold * pow(n, -1, 2**32) % 2**32
     below = (threshold - 1) * pow(n, -1, 2**32) % 2**32
     after = 12345
-    for first, expected in ((at, at * n >> 32), (below, after * n >> 32)):
-        draws = iter([first, after])
+    for supplied, expected in (
+        ([at], at * n >> 32),  # kept
+        ([below, after], after * n >> 32),  # redrawn
+        ([below, at], at * n >> 32),  # redrawn, then kept
+    ):
+        draws = iter([*supplied, after])
         streams = RowStreams(1)
         monkeypatch.setattr(
             streams,
