@@ -131,8 +131,7 @@ class RowStreams:
         self.uinteger[:] = 0
         if max(seeds) >= _MAX_SEED:  # more than four 32-bit words: numpy's own SeedSequence
             for row, seed in enumerate(seeds):
-                state = np.random.PCG64(seed).state["state"]
-                self._set_row(row, state["state"], state["inc"])
+                self._load(row, np.random.PCG64(seed).state)
             return
         pool = _hashmix(_seed_words(seeds), _A[:_POOL_SIZE, None], _A[1 : _POOL_SIZE + 1, None])
         # numpy mixes word src into every other word dst in turn; src's word does not change
@@ -211,11 +210,12 @@ class RowStreams:
         bit_generator = np.random.PCG64()
         bit_generator.state = self.state(row)
         value = int(np.random.Generator(bit_generator).integers(n))
-        after = bit_generator.state
-        self._set_row(row, after["state"]["state"], after["state"]["inc"])
-        self.has_uint32[row], self.uinteger[row] = after["has_uint32"], after["uinteger"]
+        self._load(row, bit_generator.state)
         return value
 
-    def _set_row(self, row: int, state: int, inc: int) -> None:
-        self.state_hi[row], self.state_lo[row] = state >> 64, state & _MASK64
-        self.inc_hi[row], self.inc_lo[row] = inc >> 64, inc & _MASK64
+    def _load(self, row: int, state: dict) -> None:
+        """Set row ``row`` from a ``np.random.PCG64().state`` dict (the inverse of :meth:`state`)."""
+        lcg = state["state"]
+        self.state_hi[row], self.state_lo[row] = lcg["state"] >> 64, lcg["state"] & _MASK64
+        self.inc_hi[row], self.inc_lo[row] = lcg["inc"] >> 64, lcg["inc"] & _MASK64
+        self.has_uint32[row], self.uinteger[row] = state["has_uint32"], state["uinteger"]
